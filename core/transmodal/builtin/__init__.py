@@ -1,0 +1,59 @@
+"""The core's own plugin: its components register through the same hooks as any installed plugin."""
+
+from __future__ import annotations
+
+from transmodal.builtin.datasets import SyntheticShapesParams
+from transmodal.builtin.encoders import BagOfWordsParams, MLPParams, SmallCNNParams
+from transmodal.builtin.fusions import ConcatParams, MeanParams
+from transmodal.builtin.heads import LinearHeadParams
+from transmodal.builtin.strategies import DANNParams, FinetuneParams
+from transmodal.hookspecs import Register, hookimpl
+from transmodal.registry import NoParams
+from transmodal.tokenizer import WordTokenizerParams
+
+_HERE = "transmodal.builtin"
+
+
+@hookimpl
+def register_encoders(register: Register) -> None:
+    register("small-cnn", f"{_HERE}.encoders:build_small_cnn", SmallCNNParams,
+             "Small CNN for images: conv-BN-ReLU blocks and global average pooling.")
+    register("mlp", f"{_HERE}.encoders:build_mlp", MLPParams, "Multi-layer perceptron for vector inputs.")
+    register("bow", f"{_HERE}.encoders:build_bag_of_words", BagOfWordsParams,
+             "Bag of words for text: mean of word embeddings (EmbeddingBag).")
+
+
+@hookimpl
+def register_fusions(register: Register) -> None:
+    register("concat", f"{_HERE}.fusions:build_concat", ConcatParams,
+             "Concatenation of modality features, with an optional projection MLP.")
+    register("mean", f"{_HERE}.fusions:build_mean", MeanParams,
+             "Projected modality features averaged over the modalities present.")
+
+
+@hookimpl
+def register_heads(register: Register) -> None:
+    register("linear", f"{_HERE}.heads:build_linear_head", LinearHeadParams,
+             "Linear classifier, with an optional hidden layer.")
+
+
+@hookimpl
+def register_strategies(register: Register) -> None:
+    register("finetune", f"{_HERE}.strategies:build_finetune", FinetuneParams,
+             "Everything trains; optional learning-rate multiplier for the encoders.")
+    register("linear-probe", f"{_HERE}.strategies:build_linear_probe", NoParams,
+             "Encoders frozen (BatchNorm statistics too); fusion and head train.")
+    register("dann", f"{_HERE}.strategies:build_dann", DANNParams,
+             "Domain-adversarial training with a gradient-reversal layer, on unlabelled target batches.")
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register("synthetic-shapes", f"{_HERE}.datasets:build_synthetic_shapes", SyntheticShapesParams,
+             "Embedded paired image + caption data with a source/target domain shift; no download.")
+
+
+@hookimpl
+def register_tokenizers(register: Register) -> None:
+    register("word", "transmodal.tokenizer:build_word_tokenizer", WordTokenizerParams,
+             "Lower-cased words and punctuation with a frequency-ranked vocabulary.")

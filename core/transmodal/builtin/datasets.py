@@ -1,0 +1,50 @@
+"""The embedded dataset: synthetic-shapes, paired image + caption samples with a domain shift."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from transmodal.data import SOURCE_DOMAIN, TARGET_DOMAIN, DatasetBundle, Split
+from transmodal.datasets.shapes_render import CLASS_NAMES, render_split
+
+
+class SyntheticShapesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train_size: int = Field(6000, ge=1, description="Labelled source training samples.")
+    val_size: int = Field(1000, ge=1, description="Labelled source validation samples.")
+    target_train_size: int = Field(6000, ge=0, description="Target samples whose labels training never sees.")
+    target_test_size: int = Field(1000, ge=1, description="Labelled target test samples.")
+    image_size: int = Field(32, ge=16, le=128)
+    seed: int = Field(0, description="Seed of the generated data (independent of the training seed).")
+
+
+def _split(domain: str, domain_id: int, size: int, seed: int, image_size: int) -> Split:
+    rendered = render_split(domain, size, seed, image_size)
+    return Split({
+        "image": rendered.images,
+        "text": rendered.captions,
+        "label": rendered.labels,
+        "domain": torch.full((size,), domain_id, dtype=torch.int64),
+    })
+
+
+def build_synthetic_shapes(params: SyntheticShapesParams, seed: int = 0) -> DatasetBundle:
+    # Each split from its own seed, so changing one size leaves the other splits' samples unchanged.
+    base = params.seed * 10
+    size = params.image_size
+    unlabelled = (
+        _split("target", TARGET_DOMAIN, params.target_train_size, base + 3, size).without_labels()
+        if params.target_train_size > 0 else None
+    )
+    return DatasetBundle(
+        modalities={"image": "image", "text": "text"},
+        classes=list(CLASS_NAMES),
+        train=_split("source", SOURCE_DOMAIN, params.train_size, base + 1, size),
+        evaluation={
+            "source/val": _split("source", SOURCE_DOMAIN, params.val_size, base + 2, size),
+            "target/test": _split("target", TARGET_DOMAIN, params.target_test_size, base + 4, size),
+        },
+        unlabelled=unlabelled,
+        description="A coloured shape and a caption; class = caption attribute x shape. Target: shifted images.",
+    )

@@ -1,0 +1,225 @@
+"""The ``transmodal`` command line. Exit status: 0 success, 2 usage or config error, 1 failure while running."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from transmodal.errors import ConfigError, TransmodalError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exits with 2 too; keep its usage line
+        self.print_usage(sys.stderr)
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="transmodal", description="Transfer and cross-modal learning from one config.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a model (no CONFIG: the embedded default experiment)")
+    train.add_argument("config", nargs="?", help="experiment YAML file")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                       help="override a config value, e.g. --set trainer.epochs=3 (repeatable)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's checkpoint on its evaluation splits")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evaluate.add_argument("--drop-modality", action="append", default=[], metavar="NAME",
+                          help="evaluate with this modality absent from every sample (repeatable)")
+    evaluate.add_argument("--json", action="store_true")
+
+    plugins = commands.add_parser("plugins", help="installed plugins, what they register, and failures")
+    plugins.add_argument("--json", action="store_true")
+
+    components = commands.add_parser(
+        "components", help="list components: components [KIND] [PATTERN], or components show NAME",
+        description="List components by kind and wildcard pattern ('res*'), or 'components show NAME'.",
+    )
+    components.add_argument("args", nargs="*", metavar="KIND|PATTERN|show NAME")
+
+    config = commands.add_parser("config", help="validate a config, or print its JSON schema")
+    config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    validate = config_commands.add_parser("validate", help="check a config file without training")
+    validate.add_argument("file", type=Path)
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    config_commands.add_parser("schema", help="JSON schema of the experiment config (for editors)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransmodalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted; continue with: transmodal train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    from transmodal import run
+    from transmodal.config import load_experiment
+
+    if args.resume is not None:
+        if args.config or args.overrides:
+            raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
+        summary = run.resume(args.resume, quiet=args.quiet)
+        run_dir = args.resume
+    else:
+        summary, run_dir = run.train(load_experiment(args.config, args.overrides), quiet=args.quiet)
+    print(_summary_table(summary))
+    print(f"run directory: {run_dir}")
+    return EXIT_OK
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    lines = [f"{'split':<14}{'accuracy':>10}{'macro-F1':>10}{'loss':>9}   checkpoint"]
+    for label, key in ((f"best by {summary['selected_by']}, epoch {summary['best_epoch']}", "best"),
+                       (f"final, epoch {summary['epochs']}", "final")):
+        for split, metrics in summary[key].items():
+            lines.append(f"{split:<14}{metrics['accuracy']:>10.4f}{metrics['macro_f1']:>10.4f}"
+                         f"{metrics['loss']:>9.4f}   {label}")
+    if "oracle" in summary:
+        oracle = summary["oracle"]
+        lines.append(f"{'target/test':<14}{oracle['target/test']['accuracy']:>10.4f}"
+                     f"{oracle['target/test']['macro_f1']:>10.4f}{oracle['target/test']['loss']:>9.4f}"
+                     f"   oracle (chosen on target test labels), epoch {oracle['epoch']}")
+    return "\n".join(lines)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from transmodal import run
+
+    metrics, header = run.evaluate_run(args.run_dir, args.checkpoint, tuple(args.drop_modality))
+    if args.json:
+        print(json.dumps({**header, "dropped": args.drop_modality, "metrics": metrics}, indent=2))
+        return EXIT_OK
+    dropped = f", without {', '.join(args.drop_modality)}" if args.drop_modality else ""
+    print(f"checkpoint {header['checkpoint']} (epoch {header['epoch']}, selected by {header['selected_by']}){dropped}")
+    print(f"{'split':<14}{'accuracy':>10}{'macro-F1':>10}{'loss':>9}")
+    for split, values in metrics.items():
+        print(f"{split:<14}{values['accuracy']:>10.4f}{values['macro_f1']:>10.4f}{values['loss']:>9.4f}")
+    return EXIT_OK
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from transmodal.plugins import get_plugins
+
+    plugins = get_plugins()
+    if args.json:
+        payload = {
+            "plugins": [
+                {"distribution": i.distribution, "version": i.version, "registers": i.registered}
+                for i in plugins.infos.values()
+            ],
+            "failed": [{"distribution": f.distribution, "version": f.version, "error": f.error}
+                       for f in plugins.failures],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    for info in plugins.infos.values():
+        print(f"{info.distribution} {info.version}")
+        for kind, names in info.registered.items():
+            print(f"  {kind}: {', '.join(sorted(names))}")
+    for failure in plugins.failures:
+        print(f"FAILED {failure.distribution} {failure.version}: {failure.error}")
+    return EXIT_OK
+
+
+def _components(args: argparse.Namespace) -> int:
+    from transmodal.plugins import get_plugins
+    from transmodal.registry import KINDS
+
+    plugins = get_plugins()
+    positional = list(args.args)
+    if positional[:1] == ["show"]:
+        if len(positional) != 2:
+            raise ConfigError("usage: transmodal components show NAME")
+        return _show_component(plugins, positional[1])
+    kinds = list(KINDS)
+    if positional and positional[0] in KINDS:
+        kinds = [positional.pop(0)]
+    elif positional and positional[0].rstrip("s") in KINDS:
+        kinds = [positional.pop(0).rstrip("s")]
+    if len(positional) > 1:
+        raise ConfigError(f"expected [KIND] [PATTERN]; kinds are {', '.join(KINDS)}")
+    pattern = positional[0] if positional else "*"
+    found = 0
+    for kind in kinds:
+        registry = plugins.registry(kind)
+        names = registry.names(pattern)
+        if not names:
+            continue
+        print(f"{kind}:")
+        for name in names:
+            component = registry.components[name]
+            print(f"  {name:<22} {component.description}  [{component.distribution}]")
+            found += 1
+    if not found:
+        print(f"no component matches '{pattern}'" + (f" among {kinds[0]}s" if len(kinds) == 1 else ""))
+    return EXIT_OK
+
+
+def _show_component(plugins: Any, name: str) -> int:
+    matches = plugins.find(name)
+    if not matches:
+        known = sorted({n for registry in plugins.registries.values() for n in registry.components})
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"No component named '{name}'.{hint} List them with: transmodal components")
+    for component in matches:
+        print(f"{component.name} ({component.kind}, from {component.distribution})")
+        print(f"  {component.description}")
+        fields = component.params.model_fields
+        if not fields:
+            print("  parameters: none")
+        for field_name, field in fields.items():
+            default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+            described = f"  {field.description}" if field.description else ""
+            print(f"  {field_name}: {_type_name(field.annotation)}, {default}.{described}")
+    return EXIT_OK
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _config(args: argparse.Namespace) -> int:
+    from transmodal.config import Experiment, load_experiment, validate_components
+    from transmodal.plugins import get_plugins
+
+    if args.config_command == "schema":
+        print(json.dumps(Experiment.model_json_schema(), indent=2))
+        return EXIT_OK
+    experiment = load_experiment(args.file, args.overrides)
+    resolved = validate_components(experiment, get_plugins())
+    print(f"{args.file}: valid ({len(resolved)} components: "
+          + ", ".join(f"{r.component.kind} {r.component.name}" for r in resolved.values()) + ")")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "plugins": _plugins,
+    "components": _components,
+    "config": _config,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

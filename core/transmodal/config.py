@@ -1,0 +1,307 @@
+"""The experiment config: a pydantic model loaded from YAML, with ``--set a.b=c`` overrides.
+
+Validation runs in two phases: :func:`parse_experiment` checks the structure (this module knows every
+field but not the components' own parameters); :func:`validate_components` then looks up each named
+component in the loaded plugins and validates its parameters against the component's model. Both phases
+raise :class:`ConfigError` with the path to the bad field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from transmodal.errors import ConfigError, UnknownComponentError
+from transmodal.registry import Component
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """A component by name; every other key is one of the component's own parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(0, ge=0, description="Random crop after zero padding by this many pixels.")
+    hflip: bool = Field(False, description="Random horizontal flip.")
+
+
+class DataConfig(_Strict):
+    dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="synthetic-shapes"))
+    tokenizer: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="word"), description="Fitted on the training split's texts."
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Batched image augmentation.")
+    bucket_by_length: bool = Field(False, description="Group texts of similar length into batches.")
+
+
+class ModelConfig(_Strict):
+    encoders: dict[str, ComponentSpec] = Field(
+        default_factory=lambda: {"image": ComponentSpec(name="small-cnn"), "text": ComponentSpec(name="bow")},
+        description="One encoder (or backbone) per modality used, keyed by the dataset's modality name.",
+    )
+    fusion: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="concat"))
+    head: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="linear"))
+    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Drop each modality with this probability.")
+
+    @model_validator(mode="after")
+    def _some_encoder(self) -> ModelConfig:
+        if not self.encoders:
+            raise ValueError("at least one encoder is needed, e.g. encoders: {image: {name: small-cnn}}")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only.")
+    nesterov: bool = Field(False, description="SGD only.")
+    grad_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warm-up, in epochs (fractions allowed).")
+    step_epochs: int = Field(10, ge=1, description="step: multiply the rate by gamma every this many epochs.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    min_lr_scale: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of lr.")
+
+
+class TrainerConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    target_batch_size: int | None = Field(None, ge=1, description="Unlabelled target batch; default batch_size.")
+    eval_batch_size: int = Field(512, ge=1)
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs CUDA.")
+    seed: int = 0
+    log_every: int = Field(20, ge=1, description="Steps between progress updates (each one syncs the device).")
+    select: str = Field(
+        "source/val/accuracy", description="Metric that picks best.pt: '<split>/<metric>', higher is better."
+    )
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice.")
+    flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
+
+
+class OutputConfig(_Strict):
+    dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
+    name: str | None = Field(None, description="Run directory name; default: experiment name and a timestamp.")
+
+
+class Experiment(_Strict):
+    """One experiment: data x model x adaptation x optimisation."""
+
+    name: str = "experiment"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adaptation: list[ComponentSpec] = Field(
+        default_factory=lambda: [ComponentSpec(name="finetune")], description="Strategies, applied in order."
+    )
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+# -- loading --------------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}") from None
+    except OSError as error:
+        raise ConfigError(f"Cannot read config file {path}: {error.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must contain a mapping of settings at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``path.to.key=value`` overrides; values are parsed as YAML ("3" is 3, "[1, 2]" a list)."""
+    for override in overrides:
+        path, separator, text = override.partition("=")
+        if not separator or not path.strip():
+            raise ConfigError(f"--set expects path.to.key=value, got '{override}'")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _set_path(raw, path.strip().split("."), value, override)
+    return raw
+
+
+def _set_path(node: Any, keys: list[str], value: Any, override: str) -> None:
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {override}: '{key}' is not an index of a list of {len(node)} items")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            walked = ".".join(keys[:depth])
+            raise ConfigError(f"--set {override}: '{walked}' is a value, not a section")
+
+
+def parse_experiment(raw: dict[str, Any], source: str = "config") -> Experiment:
+    """Phase one: the structure of the experiment."""
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, f"{source} is invalid", Experiment)) from None
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> Experiment:
+    raw = load_yaml(path) if path is not None else {}
+    if path is None:
+        raw = default_experiment_dict()
+    apply_overrides(raw, overrides or [])
+    return parse_experiment(raw, str(path) if path is not None else "the default experiment")
+
+
+def default_experiment_dict() -> dict[str, Any]:
+    """The experiment ``transmodal train`` runs without a config: image + caption, concat fusion, DANN."""
+    return {
+        "name": "default",
+        "model": {
+            "encoders": {"image": {"name": "small-cnn"}, "text": {"name": "bow"}},
+            "fusion": {"name": "concat", "hidden": 128},
+        },
+        "adaptation": [{"name": "dann"}],
+        "trainer": {"epochs": 6},
+    }
+
+
+# -- phase two: components ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    path: str  # where in the config, e.g. "model.fusion"
+    component: Component
+    params: BaseModel
+
+
+def component_specs(experiment: Experiment) -> list[tuple[str, tuple[str, ...], ComponentSpec]]:
+    """(path, kinds to look in, spec) for every component the experiment names."""
+    specs: list[tuple[str, tuple[str, ...], ComponentSpec]] = [
+        ("data.dataset", ("dataset",), experiment.data.dataset),
+        ("data.tokenizer", ("tokenizer",), experiment.data.tokenizer),
+    ]
+    for modality, spec in experiment.model.encoders.items():
+        specs.append((f"model.encoders.{modality}", ("encoder", "backbone"), spec))
+    specs.append(("model.fusion", ("fusion",), experiment.model.fusion))
+    specs.append(("model.head", ("head",), experiment.model.head))
+    for index, spec in enumerate(experiment.adaptation):
+        specs.append((f"adaptation.{index}", ("strategy",), spec))
+    return specs
+
+
+def validate_components(experiment: Experiment, plugins: Any) -> dict[str, ResolvedComponent]:
+    """Phase two: every named component exists and its parameters fit its model. All errors at once."""
+    resolved: dict[str, ResolvedComponent] = {}
+    problems: list[str] = []
+    for path, kinds, spec in component_specs(experiment):
+        component = next((plugins.registry(k).components.get(spec.name) for k in kinds
+                          if spec.name in plugins.registry(k)), None)
+        if component is None:
+            message = plugins.registry(kinds[0]).unknown_message(spec.name)
+            problems.append(f"{path}.name: {message}")
+            continue
+        try:
+            params = component.params.model_validate(spec.params)
+        except ValidationError as error:
+            problems.append(format_validation_error(error, f"{path} ({component.kind} '{spec.name}')",
+                                                    component.params, prefix=path))
+            continue
+        resolved[path] = ResolvedComponent(path, component, params)
+    if problems:
+        unknown_only = all("Unknown " in problem for problem in problems)
+        error_class = UnknownComponentError if unknown_only else ConfigError
+        raise error_class("\n".join(problems))
+    return resolved
+
+
+# -- error messages -------------------------------------------------------------------------------------------
+
+
+def format_validation_error(
+    error: ValidationError, title: str, model: type[BaseModel], prefix: str = ""
+) -> str:
+    lines = [f"{title}:"]
+    for item in error.errors():
+        location = [str(part) for part in item["loc"]]
+        path = ".".join(([prefix] if prefix else []) + location) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, item["loc"][:-1])
+            key = location[-1]
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f" Did you mean: {hint[0]}?" if hint else ""
+            lines.append(f"  {path}: unknown key.{suggestion} Allowed keys: {', '.join(allowed) or 'none'}")
+            continue
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        lines.append(f"  {path}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model found at ``location`` inside ``model``."""
+    annotation: Any = model
+    for part in location:
+        annotation = _model_in(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        else:
+            args = typing.get_args(annotation)  # list[X] / dict[str, X]: step into X
+            annotation = args[-1] if args else None
+    annotation = _model_in(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return sorted(annotation.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """Unwrap Optional[...] to the model inside, if any."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation

@@ -1,0 +1,180 @@
+"""The data contract: datasets as in-memory tensors, and batching without per-sample Python.
+
+A dataset factory returns a :class:`DatasetBundle`. Images are uint8 tensors (N, C, H, W); texts arrive as
+strings and are numericalised once, for the whole split, by the experiment's tokenizer into int64 ids
+(N, T) padded with :data:`PAD_ID`. A batch is then a dict of tensors: each modality under its name,
+"label" (B,) and "domain" (B,) where known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from transmodal.errors import DataError
+
+PAD_ID = 0
+UNK_ID = 1
+SOURCE_DOMAIN, TARGET_DOMAIN = 0, 1
+
+ModalityKind = Literal["image", "text", "vector"]
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Split:
+    """One split of one domain: each modality under its name, plus "label" unless the labels are hidden."""
+
+    data: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        sizes = {key: len(value) for key, value in self.data.items()}
+        if len(set(sizes.values())) > 1:
+            raise DataError(f"split columns have different lengths: {sizes}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values()))) if self.data else 0
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.data
+
+    def without_labels(self) -> Split:
+        return Split({key: value for key, value in self.data.items() if key != "label"})
+
+
+@dataclass
+class DatasetBundle:
+    """What a dataset provides: its modalities, classes and splits.
+
+    ``train`` is the labelled (source) training data. ``unlabelled`` is target-domain data whose labels
+    training never sees (what domain adaptation uses); ``evaluation`` maps names such as "source/val" and
+    "target/test" to labelled splits.
+    """
+
+    modalities: dict[str, ModalityKind]
+    classes: list[str]
+    train: Split
+    evaluation: dict[str, Split]
+    unlabelled: Split | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.train.has_labels:
+            raise DataError("the training split of a dataset must carry labels")
+        if self.unlabelled is not None and self.unlabelled.has_labels:
+            self.unlabelled = self.unlabelled.without_labels()
+
+
+@dataclass
+class ModalitySpec:
+    """What an encoder factory learns about the modality it encodes."""
+
+    name: str
+    kind: ModalityKind
+    shape: tuple[int, ...] = ()  # per-sample shape: (C, H, W) for images, (D,) for vectors
+    vocab_size: int = 0  # text only
+    tokenizer: Any = None  # text only: the fitted Tokenizer (for pretrained word vectors)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def split_columns(split: Split, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The tensor columns of a split that a loader serves, in a fixed order."""
+    missing = [key for key in keys if key not in split.data]
+    if missing:
+        raise DataError(f"split lacks {missing}; it has {sorted(split.data)}")
+    columns = {key: split.data[key] for key in keys}
+    for key, value in columns.items():
+        if not isinstance(value, torch.Tensor):
+            raise DataError(f"column '{key}' must be a tensor by now (texts are tokenised first), got {type(value)}")
+    return columns
+
+
+class BatchLoader:
+    """Serves batches from in-memory tensors by index: no per-sample Python and no worker processes.
+
+    The order of an epoch depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same
+    batches as one that never stopped. Text columns are trimmed to the longest sample of each batch; with
+    ``bucket`` the samples of a window of batches are grouped by length so that little padding remains.
+    """
+
+    def __init__(
+        self,
+        columns: Mapping[str, torch.Tensor],
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        text_keys: tuple[str, ...] = (),
+        bucket: bool = False,
+        bucket_window: int = 50,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.columns = dict(columns)
+        self.size = len(next(iter(self.columns.values())))
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last and self.size >= batch_size
+        self.seed = seed
+        self.text_keys = text_keys
+        self.bucket = bucket and bool(text_keys)
+        self.bucket_window = bucket_window
+        self._lengths = (
+            {key: (self.columns[key] != PAD_ID).sum(dim=1) for key in text_keys} if text_keys else {}
+        )
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.size // self.batch_size
+        return -(-self.size // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.size, generator=generator)
+        if self.bucket:
+            order = self._bucketed(order, generator)
+        return order
+
+    def _bucketed(self, order: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        lengths = self._lengths[self.text_keys[0]][order]
+        window = self.batch_size * self.bucket_window
+        chunks = []
+        for start in range(0, self.size, window):
+            chunk = order[start : start + window]
+            chunks.append(chunk[torch.argsort(lengths[start : start + window], stable=True)])
+        order = torch.cat(chunks)
+        batches = list(order.split(self.batch_size))
+        permutation = torch.randperm(len(batches), generator=generator).tolist()
+        return torch.cat([batches[i] for i in permutation])
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        order = self.order(epoch)
+        for index in range(len(self)):
+            yield self.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        batch = {key: column[indices] for key, column in self.columns.items()}
+        for key in self.text_keys:
+            longest = int(self._lengths[key][indices].max().clamp(min=1))
+            batch[key] = batch[key][:, :longest]
+        return batch
+
+    def stream(self, start: int = 0) -> Iterator[Batch]:
+        """Batches without end, from the ``start``-th of the sequence epoch 0, epoch 1, ... (for unlabelled
+        target batches beside the source loader; a resumed run restarts the stream where it stood)."""
+        epoch, skip = divmod(start, len(self))
+        while True:
+            order = self.order(epoch)
+            for index in range(skip, len(self)):
+                yield self.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+            epoch, skip = epoch + 1, 0
+
+
+def move_batch(batch: Batch, device: torch.device, non_blocking: bool = True) -> Batch:
+    return {key: value.to(device, non_blocking=non_blocking) for key, value in batch.items()}

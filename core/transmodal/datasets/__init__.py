@@ -1,0 +1,1 @@
+"""Datasets the core ships (no download)."""

@@ -1,0 +1,31 @@
+"""Errors that reach users. The CLI prints their message without a traceback."""
+
+from __future__ import annotations
+
+
+class TransmodalError(Exception):
+    """Base class: a mistake the user can fix, reported by message alone."""
+
+
+class ConfigError(TransmodalError):
+    """The experiment config is malformed or names invalid values (CLI exit status 2)."""
+
+
+class UnknownComponentError(ConfigError):
+    """A component name that no loaded plugin registers."""
+
+
+class DuplicateComponentError(TransmodalError):
+    """Two providers registered the same name for the same kind."""
+
+
+class PluginLoadError(TransmodalError):
+    """A plugin failed to load while strict plugin loading is on."""
+
+
+class DataError(TransmodalError):
+    """Data is missing, corrupt or does not fit what the experiment needs."""
+
+
+class CheckpointError(TransmodalError):
+    """A checkpoint or run directory cannot be read or does not fit the model."""

@@ -1,0 +1,143 @@
+"""Assembly: from a validated config to data loaders, a model and strategies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transmodal.config import Experiment, ResolvedComponent, validate_components
+from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, split_columns
+from transmodal.encoder import Encoder, ImageInput
+from transmodal.errors import ConfigError, DataError
+from transmodal.model import TransmodalModel
+from transmodal.plugins import Plugins, get_plugins
+from transmodal.strategy import Strategy
+
+
+@dataclass
+class PreparedData:
+    bundle: DatasetBundle
+    modalities: dict[str, ModalitySpec]  # the modalities the model uses
+    train: BatchLoader
+    unlabelled: BatchLoader | None
+    evaluation: dict[str, BatchLoader]
+    tokenizers: dict[str, Any]  # text modality -> fitted tokenizer
+
+
+@dataclass
+class Assembled:
+    experiment: Experiment
+    components: dict[str, ResolvedComponent]
+    data: PreparedData
+    model: TransmodalModel
+    strategies: list[Strategy]
+
+
+def assemble(
+    experiment: Experiment, plugins: Plugins | None = None, tokenizer_states: dict[str, str] | None = None
+) -> Assembled:
+    """Build everything a run needs. ``tokenizer_states`` restores saved tokenizers instead of fitting."""
+    plugins = plugins or get_plugins()
+    components = validate_components(experiment, plugins)
+    data = prepare_data(experiment, components, tokenizer_states or {})
+    model = build_model(experiment, components, data)
+    strategies = build_strategies(experiment, components, data)
+    return Assembled(experiment, components, data, model, strategies)
+
+
+def _build(resolved: ResolvedComponent, *context: Any, **keywords: Any) -> Any:
+    return resolved.component.load_factory()(resolved.params, *context, **keywords)
+
+
+def prepare_data(
+    experiment: Experiment, components: dict[str, ResolvedComponent], tokenizer_states: dict[str, str]
+) -> PreparedData:
+    bundle: DatasetBundle = _build(components["data.dataset"], experiment.trainer.seed)
+    used = list(experiment.model.encoders)
+    unknown = [m for m in used if m not in bundle.modalities]
+    if unknown:
+        raise ConfigError(
+            f"model.encoders: dataset '{experiment.data.dataset.name}' has no modality {unknown}; "
+            f"it has {sorted(bundle.modalities)}."
+        )
+
+    splits: list[Split] = [bundle.train, *bundle.evaluation.values()]
+    if bundle.unlabelled is not None:
+        splits.append(bundle.unlabelled)
+    tokenizers: dict[str, Any] = {}
+    specs: dict[str, ModalitySpec] = {}
+    for modality in used:
+        kind = bundle.modalities[modality]
+        if kind == "text":
+            tokenizer = _build(
+                components["data.tokenizer"], list(bundle.train.data[modality]), state=tokenizer_states.get(modality)
+            )
+            for split in splits:
+                split.data[modality] = tokenizer.encode_batch(list(split.data[modality]))
+            tokenizers[modality] = tokenizer
+            specs[modality] = ModalitySpec(modality, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
+        else:
+            specs[modality] = ModalitySpec(modality, kind, shape=tuple(bundle.train.data[modality].shape[1:]))
+
+    text_keys = tuple(m for m in used if bundle.modalities[m] == "text")
+    trainer = experiment.trainer
+    seed = trainer.seed
+
+    def loader(split: Split, keys: list[str], batch_size: int, train: bool, offset: int) -> BatchLoader:
+        return BatchLoader(
+            split_columns(split, keys), batch_size, shuffle=train, drop_last=train, seed=seed + offset,
+            text_keys=text_keys, bucket=experiment.data.bucket_by_length and train,
+        )
+
+    if len(bundle.train) == 0:
+        raise DataError("the training split is empty")
+    domain = ["domain"] if "domain" in bundle.train.data else []
+    train_loader = loader(bundle.train, used + ["label"] + domain, trainer.batch_size, True, 0)
+    unlabelled = None
+    if bundle.unlabelled is not None and len(bundle.unlabelled) > 0:
+        target_batch = trainer.target_batch_size or trainer.batch_size
+        unlabelled = loader(bundle.unlabelled, used, min(target_batch, len(bundle.unlabelled)), True, 1)
+    evaluation = {
+        name: loader(split, used + ["label"], trainer.eval_batch_size, False, 0)
+        for name, split in bundle.evaluation.items()
+    }
+    return PreparedData(bundle, specs, train_loader, unlabelled, evaluation, tokenizers)
+
+
+def build_model(
+    experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData
+) -> TransmodalModel:
+    encoders: dict[str, Encoder] = {}
+    inputs = {}
+    for modality, spec in data.modalities.items():
+        encoder = _build(components[f"model.encoders.{modality}"], spec)
+        encoders[modality] = encoder
+        if spec.kind == "image":
+            augment = experiment.data.augment
+            inputs[modality] = ImageInput(
+                mean=getattr(encoder, "input_mean", (0.5,) * spec.shape[0]),
+                std=getattr(encoder, "input_std", (0.5,) * spec.shape[0]),
+                crop_padding=augment.crop_padding,
+                hflip=augment.hflip,
+                size=getattr(encoder, "input_size", None),
+            )
+    fusion = _build(components["model.fusion"], {m: e.out_dim for m, e in encoders.items()})
+    num_classes = len(data.bundle.classes)
+    head = _build(components["model.head"], fusion.output_dim, num_classes)
+    return TransmodalModel(inputs, encoders, fusion, head, num_classes, experiment.model.modality_dropout)
+
+
+def build_strategies(
+    experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData
+) -> list[Strategy]:
+    strategies: list[Strategy] = []
+    for index, spec in enumerate(experiment.adaptation):
+        strategy = _build(components[f"adaptation.{index}"])
+        if strategy.needs_unlabelled_target and data.unlabelled is None:
+            raise ConfigError(
+                f"adaptation.{index}: strategy '{spec.name}' trains on unlabelled target data, but dataset "
+                f"'{experiment.data.dataset.name}' provides no target domain. Remove the strategy or use a "
+                f"dataset with a target split."
+            )
+        strategies.append(strategy)
+    return strategies

@@ -1,0 +1,108 @@
+"""The model: an input pipeline and encoder per modality, a fusion operator and a head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from transmodal.encoder import Encoder
+from transmodal.fusion import Fusion, pool_tokens
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, num_classes)
+    features: torch.Tensor  # (B, fusion.output_dim): what alignment strategies work on
+
+
+class TransmodalModel(nn.Module):
+    """Encoders + fusion + head. One modality works the same way (a fusion over one input).
+
+    A modality missing from the batch, or marked absent in ``present``, is handled by the fusion operator;
+    ``modality_dropout`` drops each modality of each training sample with that probability (never all).
+    """
+
+    def __init__(
+        self,
+        inputs: dict[str, nn.Module],
+        encoders: dict[str, Encoder],
+        fusion: Fusion,
+        head: nn.Module,
+        num_classes: int,
+        modality_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.modalities = sorted(encoders)
+        self.inputs = nn.ModuleDict(inputs)
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.head = head
+        self.num_classes = num_classes
+        self.modality_dropout = modality_dropout
+
+    def layer_groups(self) -> list[tuple[str, nn.Module]]:
+        """Every trainable part from input to output: encoder groups, then fusion, then head."""
+        groups: list[tuple[str, nn.Module]] = []
+        for modality in self.modalities:
+            encoder = self.encoders[modality]
+            groups.extend((f"encoders.{modality}.{name}", module) for name, module in encoder.layer_groups())
+        groups.append(("fusion", self.fusion))
+        groups.append(("head", self.head))
+        return groups
+
+    def encode(
+        self, batch: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+        """Features, presence masks and token masks per modality."""
+        batch_size = _batch_size(batch)
+        present = dict(present or {})
+        features: dict[str, torch.Tensor] = {}
+        token_masks: dict[str, torch.Tensor | None] = {}
+        device = next(self.head.parameters()).device
+        for modality in self.modalities:
+            encoder = self.encoders[modality]
+            raw = batch.get(modality)
+            if raw is None:
+                width = (1, encoder.out_dim) if encoder.returns_tokens else (encoder.out_dim,)
+                features[modality] = torch.zeros(batch_size, *width, device=device)
+                present[modality] = torch.zeros(batch_size, dtype=torch.bool, device=device)
+                token_masks[modality] = None
+                continue
+            encoded = encoder(self.inputs[modality](raw) if modality in self.inputs else raw)
+            token_masks[modality] = encoder.token_mask(raw) if encoded.dim() == 3 else None
+            features[modality] = encoded
+        if self.training and self.modality_dropout > 0 and len(self.modalities) > 1:
+            present = self._drop_modalities(present, batch_size, device)
+        if not self.fusion.accepts_tokens:
+            for modality, value in features.items():
+                if value.dim() == 3:
+                    features[modality] = pool_tokens(value, token_masks[modality])
+        return features, present, token_masks
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
+    ) -> ModelOutput:
+        features, present, token_masks = self.encode(batch, present)
+        fused = self.fusion(features, present or None, token_masks)
+        return ModelOutput(logits=self.head(fused), features=fused)
+
+    def _drop_modalities(
+        self, present: dict[str, torch.Tensor], batch_size: int, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        keep = torch.rand(batch_size, len(self.modalities), device=device) >= self.modality_dropout
+        for column, modality in enumerate(self.modalities):
+            if modality in present:
+                keep[:, column] &= present[modality]
+        # A sample that lost every modality keeps one at random, so no sample is left with nothing.
+        empty = ~keep.any(dim=1)
+        rescue = torch.randint(0, len(self.modalities), (batch_size,), device=device)
+        keep[empty, rescue[empty]] = True
+        return {modality: keep[:, column] for column, modality in enumerate(self.modalities)}
+
+
+def _batch_size(batch: dict[str, torch.Tensor]) -> int:
+    for value in batch.values():
+        return int(value.shape[0])
+    raise ValueError("empty batch")

@@ -1,0 +1,134 @@
+"""Component registries: one per kind, names to lazy factories with validated parameters.
+
+A component is registered with a factory given either as a callable or as a "module:attr" string, so that
+discovering plugins imports nothing heavy: the module is imported only when the component is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from transmodal.errors import DuplicateComponentError, UnknownComponentError
+
+KINDS: tuple[str, ...] = (
+    "backbone",
+    "encoder",
+    "fusion",
+    "head",
+    "strategy",
+    "dataset",
+    "tokenizer",
+    "validator",
+)
+
+# Names that first-party plugins provide, so that a core-only install can say what to pip install.
+FIRST_PARTY_PROVIDERS: dict[str, dict[str, str]] = {
+    "backbone": {
+        name: "transmodal-vision"
+        for name in (
+            "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+            "resnext50_32x4d", "wide_resnet50_2", "torchvision",
+        )
+    },
+    "dataset": {
+        "cifar10": "transmodal-vision",
+        "cifar100": "transmodal-vision",
+        "image-folder": "transmodal-vision",
+        "imdb": "transmodal-text",
+        "text-csv": "transmodal-text",
+    },
+    "encoder": {"lstm": "transmodal-text", "gru": "transmodal-text", "text-cnn": "transmodal-text"},
+    "tokenizer": {"hf-word": "transmodal-text", "bpe": "transmodal-text", "wordpiece": "transmodal-text",
+                  "tokenizer-file": "transmodal-text"},
+    "fusion": {
+        "cross-attention": "transmodal-attention",
+        "transformer": "transmodal-attention",
+        "modality-attention": "transmodal-attention",
+    },
+    "strategy": {name: "transmodal-peft" for name in ("lora", "dora", "ia3")},
+}
+
+
+class NoParams(BaseModel):
+    """Parameter model of a component that takes no parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any] | str
+    params: type[BaseModel]
+    description: str
+    distribution: str
+
+    def load_factory(self) -> Callable[..., Any]:
+        """Resolve a lazy "module:attr" factory (imports the module only now)."""
+        if callable(self.factory):
+            return self.factory
+        module_name, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def build(self, *args: Any, **params: Any) -> Any:
+        """Validate ``params`` against the component's model and call the factory with them."""
+        validated = self.params.model_validate(params)
+        return self.load_factory()(validated, *args)
+
+
+@dataclass
+class Registry:
+    """Components of one kind, by name."""
+
+    kind: str
+    components: dict[str, Component] = field(default_factory=dict)
+    # Set by the plugin manager so that lookup errors can mention plugins that failed to load.
+    failure_notes: Callable[[], list[str]] = field(default=lambda: [])
+
+    def add(self, component: Component) -> None:
+        existing = self.components.get(component.name)
+        if existing is not None:
+            raise DuplicateComponentError(
+                f"{self.kind} '{component.name}' is registered twice: by {existing.distribution} "
+                f"and by {component.distribution}. Uninstall one of them, or disable it with "
+                f"TRANSMODAL_DISABLE_PLUGINS."
+            )
+        self.components[component.name] = component
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(name for name in self.components if fnmatch.fnmatchcase(name, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.components
+
+    def __iter__(self) -> Iterator[Component]:
+        return iter(self.components[name] for name in sorted(self.components))
+
+    def __len__(self) -> int:
+        return len(self.components)
+
+    def get(self, name: str) -> Component:
+        try:
+            return self.components[name]
+        except KeyError:
+            raise UnknownComponentError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        lines = [f"Unknown {self.kind} '{name}'."]
+        close = difflib.get_close_matches(name, list(self.components), n=3, cutoff=0.6)
+        if close:
+            lines[0] += f" Did you mean: {', '.join(close)}?"
+        provider = FIRST_PARTY_PROVIDERS.get(self.kind, {}).get(name)
+        if provider is not None:
+            lines.append(f"'{name}' is provided by {provider}: pip install {provider}")
+        lines.append(f"List the available ones with: transmodal components {self.kind}")
+        lines.extend(self.failure_notes())
+        return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""The strategy contract: how an adaptation method hooks into training.
+
+Strategies compose as a list. The trainer calls, in order of the list:
+
+* ``setup(model, context)`` once, before the optimizer exists (freeze, wrap, snapshot pretrained weights);
+* ``modules()``: the strategy's own trainable modules (a domain discriminator), optimised and checkpointed;
+* ``configure_param_groups(groups)``: change learning-rate scales or drop groups;
+* ``loss_terms(step)`` every step: named loss terms added to the task loss;
+* ``on_step_end``, ``on_epoch_start``, ``on_epoch_end``: schedules, unfreezing;
+* ``before_evaluate(model, target_batches)``: e.g. re-estimate BatchNorm statistics on the target domain;
+* ``state_dict`` / ``load_state_dict``: whatever a resumed run needs to continue exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from transmodal.model import ModelOutput, TransmodalModel
+
+
+@dataclass
+class ParamGroup:
+    """A named set of parameters with a learning-rate scale relative to the optimizer's base rate."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr_scale: float = 1.0
+    weight_decay: float | None = None  # None: the optimizer's default
+
+
+@dataclass
+class TrainingContext:
+    """What a strategy may need to know about the run it is part of."""
+
+    num_classes: int
+    steps_per_epoch: int
+    total_steps: int
+    device: torch.device
+    has_unlabelled_target: bool
+
+
+@dataclass
+class StepData:
+    """One training step as strategies see it."""
+
+    model: TransmodalModel
+    source: dict[str, torch.Tensor]
+    source_output: ModelOutput
+    step: int  # optimizer steps taken before this one
+    progress: float  # step / total_steps, in [0, 1]
+    target: dict[str, torch.Tensor] | None = None
+    target_output: ModelOutput | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """Base class: every hook does nothing, so a strategy overrides only what it changes."""
+
+    name: str = "strategy"
+    needs_unlabelled_target: bool = False
+
+    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
+        pass
+
+    def modules(self) -> nn.Module | None:
+        return None
+
+    def configure_param_groups(self, groups: list[ParamGroup]) -> list[ParamGroup]:
+        return groups
+
+    def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
+        return {}
+
+    def on_step_end(self, step: int) -> None:
+        pass
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    def before_evaluate(self, model: TransmodalModel, target_batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

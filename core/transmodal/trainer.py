@@ -1,0 +1,391 @@
+"""The training engine: devices, precision, optimisation, the loop, evaluation, checkpoints and metrics.
+
+One optimizer step takes a labelled source batch and, when a strategy asks for it, an unlabelled target
+batch. Nothing in the step synchronises the device: losses are summed on the device and read every
+``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from transmodal.checkpoint import load_checkpoint, save_checkpoint
+from transmodal.data import PAD_ID, Batch, move_batch
+from transmodal.errors import CheckpointError, ConfigError
+from transmodal.experiment import Assembled
+from transmodal.metrics import ClassificationMeter
+from transmodal.model import ModelOutput
+from transmodal.optim import build_optimizer, build_scheduler
+from transmodal.strategy import ParamGroup, StepData, TrainingContext
+
+CHECKPOINT_FORMAT = 1
+Metrics = dict[str, dict[str, float]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device: '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device: '{name}' asked for, but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision: fp16 needs a CUDA device (it relies on a gradient scaler); "
+                          "use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("trainer.precision: this GPU does not support bf16; use fp16 or fp32")
+
+
+class Trainer:
+    def __init__(self, assembled: Assembled, run_dir: Path | None = None, quiet: bool = False) -> None:
+        self.assembled = assembled
+        self.experiment = assembled.experiment
+        self.config = self.experiment.trainer
+        self.data = assembled.data
+        self.strategies = assembled.strategies
+        self.run_dir = run_dir
+        self.quiet = quiet
+        self.device = resolve_device(self.config.device)
+        _check_precision(self.config.precision, self.device)
+        if self.device.type == "cpu" and self.config.flush_denormal:
+            torch.set_flush_denormal(True)
+
+        self.model = assembled.model.to(self.device)
+        self.steps_per_epoch = len(self.data.train)
+        self.total_steps = self.steps_per_epoch * self.config.epochs
+        self.needs_target = any(s.needs_unlabelled_target for s in self.strategies)
+        context = TrainingContext(
+            num_classes=self.model.num_classes,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            device=self.device,
+            has_unlabelled_target=self.data.unlabelled is not None,
+        )
+        for strategy in self.strategies:
+            strategy.setup(self.model, context)
+        self.strategy_modules = nn.ModuleList(
+            [strategy.modules() or nn.Identity() for strategy in self.strategies]
+        ).to(self.device)
+
+        groups = self._param_groups()
+        for strategy in self.strategies:
+            groups = strategy.configure_param_groups(groups)
+        if not any(p.requires_grad for group in groups for p in group.params):
+            raise ConfigError("adaptation: these strategies leave no parameter to train")
+        self.optimizer = build_optimizer(groups, self.experiment.optimizer)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.experiment.schedule, self.steps_per_epoch, self.total_steps
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.precision == "fp16")
+        self.step = 0
+        self.epoch = 0
+        self.best: dict[str, Any] = {"value": None, "epoch": None}
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup --------------------------------------------------------------------------------------------
+
+    def _param_groups(self) -> list[ParamGroup]:
+        """One group per model layer group (input to output), then one per strategy module."""
+        groups: list[ParamGroup] = []
+        seen: set[int] = set()
+        for name, module in self.model.layer_groups():
+            params = [p for p in module.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in params)
+            groups.append(ParamGroup(name, params))
+        rest = [p for p in self.model.parameters() if id(p) not in seen]
+        if rest:  # encoder parameters outside its declared groups still train
+            groups.append(ParamGroup("other", rest))
+        for strategy, module in zip(self.strategies, self.strategy_modules):
+            params = list(module.parameters())
+            if params:
+                groups.append(ParamGroup(f"strategy.{strategy.name}", params))
+        return [group for group in groups if group.params]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.config.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- training -----------------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs, evaluating and checkpointing after each; returns the summary."""
+        started = time.perf_counter()
+        samples = 0
+        for epoch in range(self.epoch, self.config.epochs):
+            epoch_started = time.perf_counter()
+            train_metrics, epoch_samples = self._train_epoch(epoch)
+            samples += epoch_samples
+            evaluation = self.evaluate()
+            self.epoch = epoch + 1
+            record = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train": train_metrics,
+                **evaluation,
+                "seconds": round(time.perf_counter() - epoch_started, 3),
+            }
+            self.history.append(record)
+            improved = self._update_best(evaluation)
+            self._write_epoch(record, improved)
+            self._print_epoch(record)
+        elapsed = time.perf_counter() - started
+        summary = self.summary(samples / elapsed if elapsed > 0 and samples else None)
+        if self.run_dir is not None:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+        self.model.train()
+        self.strategy_modules.train()
+        for strategy in self.strategies:
+            strategy.on_epoch_start(epoch)
+        targets = self._target_stream(epoch) if self.needs_target else None
+        totals: dict[str, torch.Tensor] = {}
+        samples = 0
+        bar = tqdm(
+            total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
+            disable=self.quiet or not sys.stderr.isatty(), leave=False, dynamic_ncols=True,
+        )
+        window_started, window_samples = time.perf_counter(), 0
+        with bar:
+            for index, batch in enumerate(self.data.train.epoch(epoch)):
+                batch = move_batch(batch, self.device)
+                target = move_batch(next(targets), self.device) if targets is not None else None
+                terms = self.train_step(batch, target)
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0.0) + value
+                size = batch["label"].shape[0]
+                samples += size
+                window_samples += size
+                bar.update(1)
+                if (index + 1) % self.config.log_every == 0 and not bar.disable:
+                    now = time.perf_counter()
+                    bar.set_postfix(loss=f"{float(totals['loss']) / (index + 1):.4f}",
+                                    samples_s=f"{window_samples / (now - window_started):.0f}")
+                    window_started, window_samples = now, 0
+        for strategy in self.strategies:
+            strategy.on_epoch_end(epoch)
+        steps = max(1, self.steps_per_epoch)
+        return {name: float(total) / steps for name, total in totals.items()}, samples
+
+    def _target_stream(self, epoch: int) -> Iterator[Batch]:
+        # Training epoch e uses target batches e*steps_per_epoch onwards, so a resumed run draws the same ones.
+        assert self.data.unlabelled is not None
+        return self.data.unlabelled.stream(epoch * self.steps_per_epoch)
+
+    def forward_pair(self, source: Batch, target: Batch | None) -> tuple[ModelOutput, ModelOutput | None]:
+        """Source and target through the model in one pass when they carry the same modalities (as DANN
+        implementations do: one BatchNorm pass over both domains), separately otherwise."""
+        if target is None:
+            return self.model(source), None
+        modalities = self.model.modalities
+        if not all(m in source and m in target for m in modalities):
+            return self.model(source), self.model(target)
+        joint = {m: _concat_padded(source[m], target[m]) for m in modalities}
+        output = self.model(joint)
+        size = source["label"].shape[0]
+        return (
+            ModelOutput(output.logits[:size], output.features[:size]),
+            ModelOutput(output.logits[size:], output.features[size:]),
+        )
+
+    def train_step(self, source: Batch, target: Batch | None = None) -> dict[str, torch.Tensor]:
+        """One optimizer step; returns the detached loss terms (on the device)."""
+        with self.autocast():
+            source_output, target_output = self.forward_pair(source, target)
+            task = nn.functional.cross_entropy(source_output.logits.float(), source["label"])
+            step = StepData(
+                model=self.model, source=source, source_output=source_output, step=self.step,
+                progress=self.step / max(1, self.total_steps), target=target, target_output=target_output,
+            )
+            terms = {"task": task}
+            for strategy in self.strategies:
+                for name, value in strategy.loss_terms(step).items():
+                    terms[f"{strategy.name}.{name}"] = value.float()
+            loss = torch.stack(list(terms.values())).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.experiment.optimizer.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]],
+                self.experiment.optimizer.grad_clip,
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        for strategy in self.strategies:
+            strategy.on_step_end(self.step)
+        return {"loss": loss.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()}}
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def evaluate(self, drop_modalities: tuple[str, ...] = ()) -> Metrics:
+        """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent."""
+        self.model.eval()
+        if self.strategies:
+            target_batches = (
+                (move_batch(b, self.device) for b in self.data.unlabelled.epoch(0))
+                if self.data.unlabelled is not None else iter(())
+            )
+            for strategy in self.strategies:
+                strategy.before_evaluate(self.model, target_batches)
+        results: Metrics = {}
+        for name, loader in self.data.evaluation.items():
+            meter = ClassificationMeter(self.model.num_classes, self.device)
+            for batch in loader.epoch():
+                batch = move_batch(batch, self.device)
+                for modality in drop_modalities:
+                    batch.pop(modality, None)
+                with self.autocast():
+                    logits = self.model(batch).logits
+                meter.update(logits, batch["label"])
+            results[name] = meter.compute()
+        return results
+
+    def _update_best(self, evaluation: Metrics) -> bool:
+        split, _, metric = self.config.select.rpartition("/")
+        if split not in evaluation or metric not in evaluation[split]:
+            raise ConfigError(
+                f"trainer.select: '{self.config.select}' is not a metric of this run; choose one of "
+                + ", ".join(f"{s}/{m}" for s in evaluation for m in ("accuracy", "macro_f1"))
+            )
+        value = evaluation[split][metric]
+        if self.best["value"] is None or value > self.best["value"]:
+            self.best = {"value": value, "epoch": self.epoch}
+            return True
+        return False
+
+    # -- run directory and checkpoints ------------------------------------------------------------------
+
+    def _write_epoch(self, record: dict[str, Any], improved: bool) -> None:
+        if self.run_dir is None:
+            return
+        with (self.run_dir / "metrics.jsonl").open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        checkpoints = self.run_dir / "checkpoints"
+        if improved:
+            save_checkpoint(self.weights_state(), checkpoints / "best.pt")
+        save_checkpoint(self.state_dict(), checkpoints / "last.pt")
+
+    def _print_epoch(self, record: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        parts = [f"epoch {record['epoch']}/{self.config.epochs}", f"loss {record['train']['loss']:.4f}"]
+        parts += [f"{name} acc {record[name]['accuracy']:.4f}" for name in self.data.evaluation]
+        print("  ".join(parts), flush=True)
+
+    def weights_state(self) -> dict[str, Any]:
+        """What prediction needs: weights, tokenizers, classes."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "tokenizers": {m: t.state() for m, t in self.data.tokenizers.items()},
+            "classes": list(self.data.bundle.classes),
+            "selected_by": self.config.select,
+            "selected_value": self.best["value"],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            **self.weights_state(),
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "strategies": [
+                {"name": s.name, "state": s.state_dict(), "module": m.state_dict()}
+                for s, m in zip(self.strategies, self.strategy_modules)
+            ],
+            "best": dict(self.best),
+            "history": self.history,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        saved = [entry["name"] for entry in state["strategies"]]
+        if saved != [s.name for s in self.strategies]:
+            raise CheckpointError(f"checkpoint was made with strategies {saved}, not {[s.name for s in self.strategies]}")
+        load_model_weights(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for strategy, module, entry in zip(self.strategies, self.strategy_modules, state["strategies"]):
+            module.load_state_dict(entry["module"])
+            strategy.load_state_dict(entry["state"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best = dict(state["best"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def summary(self, samples_per_second: float | None = None) -> dict[str, Any]:
+        final = self.history[-1] if self.history else {}
+        best_epoch = self.best["epoch"]
+        best = next((r for r in self.history if r["epoch"] == best_epoch), {})
+        splits = list(self.data.evaluation)
+        summary: dict[str, Any] = {
+            "name": self.experiment.name,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "selected_by": self.config.select,
+            "best_epoch": best_epoch,
+            "best": {s: best[s] for s in splits if s in best},
+            "final": {s: final[s] for s in splits if s in final},
+        }
+        if "target/test" in splits and self.history:
+            oracle = max(self.history, key=lambda r: r["target/test"]["accuracy"])
+            summary["oracle"] = {
+                "note": "selected on target test labels: an upper bound, not a result",
+                "epoch": oracle["epoch"],
+                "target/test": oracle["target/test"],
+            }
+        if samples_per_second is not None:
+            summary["train_samples_per_second"] = round(samples_per_second, 1)
+        return summary
+
+
+def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint does not fit this model: {error}") from None
+
+
+def _concat_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Concatenate along the batch; token id tensors of different lengths are padded to the longer."""
+    if first.dim() == 2 and first.dtype == torch.int64 and first.shape[1] != second.shape[1]:
+        width = max(first.shape[1], second.shape[1])
+        first = nn.functional.pad(first, (0, width - first.shape[1]), value=PAD_ID)
+        second = nn.functional.pad(second, (0, width - second.shape[1]), value=PAD_ID)
+    return torch.cat([first, second])
