@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from transmodal.builtin.datasets import SyntheticShapesParams
 from transmodal.builtin.encoders import BagOfWordsParams, MLPParams, SmallCNNParams
-from transmodal.builtin.fusions import ConcatParams, MeanParams
+from transmodal.builtin.fusions import (
+    BilinearParams,
+    ConcatParams,
+    FiLMParams,
+    GatedParams,
+    LowRankTensorParams,
+    MeanParams,
+    TensorParams,
+)
 from transmodal.builtin.heads import LinearHeadParams
 from transmodal.builtin.strategies import DANNParams, FinetuneParams
 from transmodal.hookspecs import Register, hookimpl
@@ -29,6 +37,16 @@ def register_fusions(register: Register) -> None:
              "Concatenation of modality features, with an optional projection MLP.")
     register("mean", f"{_HERE}.fusions:build_mean", MeanParams,
              "Projected modality features averaged over the modalities present.")
+    register("gated", f"{_HERE}.fusions:build_gated", GatedParams,
+             "Gated multimodal unit: tanh projections weighted by sigmoid gates that see every modality.")
+    register("bilinear", f"{_HERE}.fusions:build_bilinear", BilinearParams,
+             "Low-rank bilinear pooling (MLB): Hadamard product of tanh projections, then a linear map.")
+    register("tensor", f"{_HERE}.fusions:build_tensor", TensorParams,
+             "Tensor fusion: outer product of the modality vectors each extended with a 1, then a ReLU layer.")
+    register("low-rank-tensor", f"{_HERE}.fusions:build_low_rank_tensor", LowRankTensorParams,
+             "Low-rank multimodal fusion: tensor fusion through rank-R modality factors, never forming the product.")
+    register("film", f"{_HERE}.fusions:build_film", FiLMParams,
+             "FiLM: one modality scales and shifts the features of the others (identity when it is absent).")
 
 
 @hookimpl

@@ -55,7 +55,7 @@ _CONTRAST = (0.7, 0.9)
 _CHUNK = 4096
 
 # Circle-equivalent radius range in [-1, 1] image units; captions name its tertiles.
-_SIZE_RANGE = (0.28, 0.45)
+_SIZE_RANGE = (0.35, 0.55)
 _SIZE_WORDS = ("small", "medium", "large")
 
 _SOURCE_TEMPLATES: tuple[str, ...] = (
@@ -235,5 +235,5 @@ def _captions(
 
 def _bin3(values: torch.Tensor, words: tuple[str, str, str]) -> list[str]:
     """Map coordinates in [-1, 1] to a three-way position word ('' for the middle)."""
-    idx = (values > -0.3).long() + (values > 0.3).long()
+    idx = (values > -0.15).long() + (values > 0.15).long()
     return [words[k] for k in idx.tolist()]

@@ -1,0 +1,51 @@
+"""Shared fixtures: plugin state isolated per test, and tiny experiments that train in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from transmodal.config import Experiment, apply_overrides, default_experiment_dict, parse_experiment
+from transmodal.plugins import reset_plugins
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins(monkeypatch: pytest.MonkeyPatch):
+    """Each test loads plugins anew, with no plugin switch inherited from the environment."""
+    for variable in ("TRANSMODAL_LOAD_PLUGINS", "TRANSMODAL_DISABLE_PLUGINS", "TRANSMODAL_STRICT_PLUGINS"):
+        monkeypatch.delenv(variable, raising=False)
+    reset_plugins()
+    yield
+    reset_plugins()
+
+
+TINY_DATA = {
+    "name": "synthetic-shapes",
+    "train_size": 256,
+    "val_size": 128,
+    "target_train_size": 256,
+    "target_test_size": 128,
+}
+
+
+def tiny_experiment_dict(tmp_path: Path, *overrides: str) -> dict[str, Any]:
+    raw = default_experiment_dict()
+    raw["data"] = {"dataset": dict(TINY_DATA)}
+    raw["model"]["encoders"]["image"] = {"name": "small-cnn", "channels": [8, 16]}
+    raw["model"]["encoders"]["text"] = {"name": "bow", "embedding_dim": 16}
+    raw["model"]["fusion"] = {"name": "concat", "hidden": 32}
+    raw["trainer"] = {"epochs": 2, "batch_size": 32, "eval_batch_size": 128, "num_threads": 1}
+    raw["output"] = {"dir": str(tmp_path / "runs")}
+    return apply_overrides(raw, list(overrides))
+
+
+@pytest.fixture
+def tiny(tmp_path: Path):
+    """``tiny(*overrides)``: a small default-like experiment (image + caption, concat, DANN) in tmp_path."""
+
+    def make(*overrides: str) -> Experiment:
+        return parse_experiment(tiny_experiment_dict(tmp_path, *overrides))
+
+    return make

@@ -1,0 +1,129 @@
+"""Config loading, overrides and the two validation phases: messages name the path, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from transmodal.config import (
+    apply_overrides,
+    load_experiment,
+    parse_experiment,
+    validate_components,
+)
+from transmodal.errors import ConfigError, UnknownComponentError
+from transmodal.plugins import get_plugins
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_with_component_parameters_inline(tmp_path: Path):
+    path = write(tmp_path, """
+name: fused
+model:
+  encoders:
+    image: {name: small-cnn, channels: [8, 16]}
+  fusion: {name: concat, hidden: 64}
+adaptation:
+  - {name: dann, weight: 0.5}
+trainer: {epochs: 3, precision: bf16}
+""")
+    experiment = load_experiment(path)
+    assert experiment.model.fusion.params == {"hidden": 64}
+    assert experiment.adaptation[0].params == {"weight": 0.5}
+    assert experiment.trainer.precision == "bf16"
+    resolved = validate_components(experiment, get_plugins())
+    assert resolved["model.fusion"].params.hidden == 64
+    assert resolved["adaptation.0"].params.weight == 0.5
+
+
+def test_set_overrides_parse_values_as_yaml(tmp_path: Path):
+    path = write(tmp_path, "model: {encoders: {image: {name: small-cnn}}, fusion: {name: concat}}\n"
+                           "adaptation: [{name: dann}]\n")
+    experiment = load_experiment(path, ["trainer.epochs=7", "model.fusion.hidden=12", "adaptation.0.weight=0.25",
+                                        "model.encoders.image.channels=[4, 8]"])
+    assert experiment.trainer.epochs == 7
+    assert experiment.model.fusion.params == {"hidden": 12}
+    assert experiment.adaptation[0].params == {"weight": 0.25}
+    assert experiment.model.encoders["image"].params == {"channels": [4, 8]}
+
+
+def test_setting_parameters_of_an_unnamed_component_asks_for_its_name(tmp_path: Path):
+    with pytest.raises(ConfigError, match="model.fusion.name: Field required"):
+        load_experiment(write(tmp_path, "{}\n"), ["model.fusion.hidden=12"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.epochs", "--set expects path.to.key=value"),
+    ("adaptation.3.weight=1", "'3' is not an index of a list of 1 items"),
+    ("trainer.epochs.x=1", "'trainer.epochs' is a value, not a section"),
+])
+def test_bad_overrides(override: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides({"adaptation": [{"name": "dann"}], "trainer": {"epochs": 2}}, [override])
+
+
+def test_wrong_type_names_path_value_and_rule():
+    with pytest.raises(ConfigError) as raised:
+        parse_experiment({"trainer": {"epochs": "many"}})
+    assert "trainer.epochs: Input should be a valid integer" in str(raised.value)
+    assert "'many'" in str(raised.value)
+
+
+def test_literal_lists_allowed_values():
+    with pytest.raises(ConfigError, match=r"trainer.precision: Input should be 'fp32', 'bf16' or 'fp16' \(got 'fp8'\)"):
+        parse_experiment({"trainer": {"precision": "fp8"}})
+
+
+def test_unknown_key_suggests_and_lists_allowed_keys():
+    with pytest.raises(ConfigError) as raised:
+        parse_experiment({"trainer": {"epoch": 3}})
+    message = str(raised.value)
+    assert "trainer.epoch: unknown key. Did you mean: epochs?" in message
+    assert "batch_size" in message
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError, match="adaptaton: unknown key. Did you mean: adaptation?"):
+        parse_experiment({"adaptaton": []})
+
+
+def test_unknown_component_in_phase_two():
+    experiment = parse_experiment({"model": {"fusion": {"name": "concatt"}}})
+    with pytest.raises(UnknownComponentError) as raised:
+        validate_components(experiment, get_plugins())
+    assert "model.fusion.name: Unknown fusion 'concatt'. Did you mean: concat?" in str(raised.value)
+
+
+def test_component_parameter_errors_carry_the_full_path():
+    experiment = parse_experiment({
+        "model": {"fusion": {"name": "concat", "hiden": 3}},
+        "adaptation": [{"name": "dann", "weight": -1}],
+    })
+    with pytest.raises(ConfigError) as raised:
+        validate_components(experiment, get_plugins())
+    message = str(raised.value)
+    assert "model.fusion.hiden: unknown key. Did you mean: hidden?" in message
+    assert "adaptation.0.weight: Input should be greater than or equal to 0 (got -1)" in message
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Config file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_experiment(write(tmp_path, "trainer: {epochs: [1\n"))
+    with pytest.raises(ConfigError, match="must contain a mapping"):
+        load_experiment(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_default_experiment_is_image_and_caption_with_dann():
+    experiment = load_experiment()
+    assert sorted(experiment.model.encoders) == ["image", "text"]
+    assert experiment.model.fusion.name == "concat"
+    assert [spec.name for spec in experiment.adaptation] == ["dann"]
+    assert experiment.data.dataset.name == "synthetic-shapes"

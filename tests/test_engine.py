@@ -1,0 +1,161 @@
+"""The training engine: run directories, determinism, exact resume, checkpoints, metrics, precision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import transmodal
+from transmodal.checkpoint import load_checkpoint, save_checkpoint
+from transmodal.errors import CheckpointError, ConfigError
+from transmodal.metrics import ClassificationMeter
+from transmodal.run import evaluate_run, resume
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in records]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_its_directory(tiny):
+    summary, run_dir = transmodal.train(tiny(), quiet=True)
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "tokenizers" / "text.json").is_file()
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert set(record["train"]) >= {"loss", "loss/task", "loss/dann.domain"}
+        for split in ("source/val", "target/test"):
+            assert set(record[split]) >= {"loss", "accuracy", "macro_f1"}
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["selected_by"] == "source/val/accuracy"
+    assert on_disk["final"]["target/test"] == records[-1]["target/test"]
+    assert "target test labels" in on_disk["oracle"]["note"]
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tiny):
+    first, first_dir = transmodal.train(tiny(), quiet=True)
+    second, second_dir = transmodal.train(tiny(), quiet=True)
+    third, third_dir = transmodal.train(tiny("trainer.seed=1"), quiet=True)
+    assert without_timing(read_metrics(first_dir)) == without_timing(read_metrics(second_dir))
+    assert without_timing(read_metrics(first_dir)) != without_timing(read_metrics(third_dir))
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tiny, monkeypatch: pytest.MonkeyPatch):
+    _, full_dir = transmodal.train(tiny("trainer.epochs=3", "output.name=full"), quiet=True)
+
+    # Interrupt the second run in the middle of its second epoch, as Ctrl-C would.
+    original_step = transmodal.Trainer.train_step
+    steps_per_epoch = 256 // 32
+
+    def interrupted_step(self, source, target=None):
+        if self.step == steps_per_epoch + 3:
+            raise KeyboardInterrupt
+        return original_step(self, source, target)
+
+    monkeypatch.setattr(transmodal.Trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        transmodal.train(tiny("trainer.epochs=3", "output.name=stopped"), quiet=True)
+    monkeypatch.setattr(transmodal.Trainer, "train_step", original_step)
+    stopped_dir = full_dir.parent / "stopped"
+    assert [r["epoch"] for r in read_metrics(stopped_dir)] == [1]
+
+    resume(stopped_dir, quiet=True)
+    assert without_timing(read_metrics(stopped_dir)) == without_timing(read_metrics(full_dir))
+    assert json.loads((stopped_dir / "summary.json").read_text())["final"] == \
+        json.loads((full_dir / "summary.json").read_text())["final"]
+    assert torch.equal(
+        load_checkpoint(stopped_dir / "checkpoints" / "last.pt")["model"]["head.1.weight"],
+        load_checkpoint(full_dir / "checkpoints" / "last.pt")["model"]["head.1.weight"],
+    )
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny):
+    summary, run_dir = transmodal.train(tiny("trainer.epochs=1"), quiet=True)
+    assert resume(run_dir, quiet=True)["final"] == summary["final"]
+    assert len(read_metrics(run_dir)) == 1
+
+
+def test_evaluate_a_saved_run_and_drop_a_modality(tiny):
+    summary, run_dir = transmodal.train(tiny(), quiet=True)
+    metrics, header = evaluate_run(run_dir)
+    assert header["selected_by"] == "source/val/accuracy"
+    assert metrics == summary["best"]
+    without_text, _ = evaluate_run(run_dir, drop_modalities=("text",))
+    assert without_text["source/val"]["accuracy"] != metrics["source/val"]["accuracy"]
+    with pytest.raises(CheckpointError, match="modalities are image, text"):
+        evaluate_run(run_dir, drop_modalities=("audio",))
+
+
+def test_checkpoints_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"weights": torch.ones(3)}, path)
+
+    def failing_save(obj, file):
+        file.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"weights": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["weights"], torch.ones(3))  # the old one is intact
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+
+
+class Custom:
+    """Any class: unpickling it would run code, which weights_only loading refuses."""
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path):
+    path = tmp_path / "evil.pt"
+    torch.save({"payload": Custom()}, path)
+    with pytest.raises(CheckpointError, match="Cannot read checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="No checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_existing_run_directory_is_not_overwritten(tiny):
+    transmodal.train(tiny("trainer.epochs=1", "output.name=taken"), quiet=True)
+    with pytest.raises(CheckpointError, match="--resume"):
+        transmodal.train(tiny("trainer.epochs=1", "output.name=taken"), quiet=True)
+
+
+def test_config_errors_found_while_assembling_leave_no_run_directory(tiny, tmp_path: Path):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        transmodal.train(tiny("trainer.precision=fp16", "trainer.device=cpu"), quiet=True)
+    with pytest.raises(ConfigError, match="dataset 'synthetic-shapes' has no modality \\['audio'\\]"):
+        transmodal.train(tiny("model.encoders.audio={name: mlp}"), quiet=True)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_dann_without_target_data_is_rejected_before_training(tiny):
+    with pytest.raises(ConfigError, match="provides no target domain"):
+        transmodal.train(tiny("data.dataset.target_train_size=0"), quiet=True)
+
+
+def test_bf16_autocast_trains_on_cpu(tiny):
+    summary, _ = transmodal.train(tiny("trainer.precision=bf16", "trainer.epochs=1"), quiet=True)
+    assert 0.0 <= summary["final"]["source/val"]["accuracy"] <= 1.0
+    assert summary["final"]["source/val"]["loss"] == pytest.approx(summary["final"]["source/val"]["loss"])  # not NaN
+
+
+def test_meter_matches_hand_computed_accuracy_and_macro_f1():
+    meter = ClassificationMeter(3, torch.device("cpu"))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    predictions = torch.tensor([0, 1, 1, 1, 2, 0])
+    meter.update(torch.nn.functional.one_hot(predictions, 3).float() * 10, labels)
+    result = meter.compute()
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    # per class F1: class 0 p=1/2 r=1/2 -> .5; class 1 p=2/3 r=1 -> .8; class 2 p=1 r=1/2 -> 2/3
+    assert result["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert result["samples"] == 6

@@ -1,0 +1,171 @@
+"""Registries and plugin loading: isolation of broken plugins, switches, and errors that help."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import transmodal
+from transmodal.builtin.fusions import MeanParams
+from transmodal.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
+from transmodal.plugins import Plugins, PluginWarning
+
+
+class GoodPlugin:
+    @transmodal.hookimpl
+    def register_fusions(self, register: Any) -> None:
+        register("good-fusion", "transmodal.builtin.fusions:build_mean", MeanParams, "A fusion from a plugin.")
+
+    @transmodal.hookimpl
+    def register_strategies(self, register: Any) -> None:
+        register("good-strategy", lambda params: None, description="A strategy from a plugin.")
+
+
+class FailsHalfway:
+    """Registers one component, then raises: none of its components may remain."""
+
+    @transmodal.hookimpl
+    def register_fusions(self, register: Any) -> None:
+        register("half-fusion", "x:y")
+        raise RuntimeError("registration exploded")
+
+
+class DuplicateConcat:
+    @transmodal.hookimpl
+    def register_fusions(self, register: Any) -> None:
+        register("concat", "x:y", description="clashes with the core's concat")
+
+
+def entry_point(distribution: str, load: Any, version: str = "1.2.3") -> SimpleNamespace:
+    """Stands in for importlib.metadata.EntryPoint (only .dist, .name and .load() are used)."""
+    return SimpleNamespace(name=distribution, dist=SimpleNamespace(name=distribution, version=version), load=load)
+
+
+def broken_load() -> Any:
+    raise ImportError("No module named 'missing_dependency'")
+
+
+def test_builtin_components_register_through_the_hooks():
+    plugins = Plugins(entry_points=[])
+    assert {"concat", "mean"} <= set(plugins.infos["transmodal"].registered["fusion"])
+    assert plugins.get("dataset", "synthetic-shapes").distribution == "transmodal"
+    assert plugins.registry("strategy").names("*") == sorted(plugins.registry("strategy").components)
+
+
+def test_listing_with_wildcards():
+    plugins = Plugins(entry_points=[])
+    assert plugins.registry("encoder").names("s*") == ["small-cnn"]
+    assert plugins.registry("strategy").names("*ann") == ["dann"]
+    assert plugins.registry("fusion").names("zzz*") == []
+
+
+def test_plugin_from_an_entry_point_is_loaded_and_its_components_build():
+    plugins = Plugins(entry_points=[entry_point("transmodal-good", lambda: GoodPlugin())])
+    component = plugins.get("fusion", "good-fusion")
+    assert component.distribution == "transmodal-good"
+    assert plugins.infos["transmodal-good"].version == "1.2.3"
+    fusion = component.build({"image": 3, "text": 5}, dim=7)
+    assert fusion.output_dim == 7
+
+
+def test_broken_entry_point_warns_once_and_the_rest_keeps_working():
+    with pytest.warns(PluginWarning) as caught:
+        plugins = Plugins(entry_points=[
+            entry_point("transmodal-broken", broken_load, version="0.3"),
+            entry_point("transmodal-good", lambda: GoodPlugin()),
+        ])
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "transmodal-broken 0.3" in message
+    assert "missing_dependency" in message
+    assert "pip uninstall transmodal-broken" in message
+    assert "good-fusion" in plugins.registry("fusion")
+    assert [f.distribution for f in plugins.failures] == ["transmodal-broken"]
+
+
+def test_a_plugin_failing_during_registration_leaves_nothing_behind():
+    with pytest.warns(PluginWarning, match="registration exploded"):
+        plugins = Plugins(entry_points=[entry_point("transmodal-half", lambda: FailsHalfway())])
+    assert "half-fusion" not in plugins.registry("fusion")
+    assert "transmodal-half" not in plugins.infos
+
+
+def test_strict_mode_turns_a_broken_plugin_into_an_error(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TRANSMODAL_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match="transmodal-broken"):
+        Plugins(entry_points=[entry_point("transmodal-broken", broken_load)])
+
+
+def test_allowlist_and_blocklist(monkeypatch: pytest.MonkeyPatch):
+    points = [entry_point("transmodal-good", lambda: GoodPlugin()), entry_point("transmodal-broken", broken_load)]
+    monkeypatch.setenv("TRANSMODAL_LOAD_PLUGINS", "transmodal-good")
+    assert "good-fusion" in Plugins(entry_points=points).registry("fusion")
+
+    monkeypatch.setenv("TRANSMODAL_LOAD_PLUGINS", "")  # empty: no plugin at all, the core still works
+    plugins = Plugins(entry_points=points)
+    assert "good-fusion" not in plugins.registry("fusion")
+    assert "concat" in plugins.registry("fusion")
+
+    monkeypatch.delenv("TRANSMODAL_LOAD_PLUGINS")
+    monkeypatch.setenv("TRANSMODAL_DISABLE_PLUGINS", "transmodal-broken")
+    plugins = Plugins(entry_points=points)
+    assert plugins.failures == [] and "good-fusion" in plugins.registry("fusion")
+
+
+def test_duplicate_name_names_both_providers():
+    with pytest.raises(DuplicateComponentError, match="by transmodal and by transmodal-dup"):
+        Plugins(entry_points=[entry_point("transmodal-dup", lambda: DuplicateConcat())])
+
+
+def test_unknown_name_suggests_close_matches_and_how_to_list():
+    plugins = Plugins(entry_points=[])
+    with pytest.raises(UnknownComponentError) as raised:
+        plugins.get("fusion", "concatt")
+    message = str(raised.value)
+    assert message.startswith("Unknown fusion 'concatt'. Did you mean: concat?")
+    assert "transmodal components fusion" in message
+    with pytest.raises(UnknownComponentError) as raised:
+        plugins.get("fusion", "qqqq")
+    assert "Did you mean" not in str(raised.value)
+
+
+def test_unknown_first_party_name_says_what_to_install():
+    plugins = Plugins(entry_points=[])
+    with pytest.raises(UnknownComponentError, match="'resnet18' is provided by transmodal-vision: pip install "
+                                                    "transmodal-vision"):
+        plugins.get("backbone", "resnet18")
+
+
+def test_unknown_name_mentions_plugins_that_failed():
+    with pytest.warns(PluginWarning):
+        plugins = Plugins(entry_points=[entry_point("transmodal-broken", broken_load)])
+    with pytest.raises(UnknownComponentError, match="transmodal-broken 1.2.3 failed to load"):
+        plugins.get("fusion", "something")
+
+
+def test_register_rejects_parameter_models_that_accept_anything():
+    class Loose(BaseModel):
+        width: int = 1
+
+    class LoosePlugin:
+        @transmodal.hookimpl
+        def register_fusions(self, register: Any) -> None:
+            register("loose", "x:y", Loose)
+
+    with pytest.warns(PluginWarning, match="extra='forbid'"):
+        Plugins(entry_points=[entry_point("transmodal-loose", lambda: LoosePlugin())])
+
+
+def test_lazy_factory_is_not_imported_at_discovery():
+    class NotImportable:
+        @transmodal.hookimpl
+        def register_encoders(self, register: Any) -> None:
+            register("ghost", "module_that_does_not_exist:build")
+
+    plugins = Plugins(entry_points=[entry_point("transmodal-ghost", lambda: NotImportable())])
+    assert "ghost" in plugins.registry("encoder")  # registered without importing its module
+    with pytest.raises(ModuleNotFoundError):
+        plugins.get("encoder", "ghost").load_factory()
