@@ -238,7 +238,9 @@ def validate_components(experiment: Experiment, plugins: Any) -> dict[str, Resol
         component = next((plugins.registry(k).components.get(spec.name) for k in kinds
                           if spec.name in plugins.registry(k)), None)
         if component is None:
-            message = plugins.registry(kinds[0]).unknown_message(spec.name)
+            message = plugins.registry(kinds[0]).unknown_message(
+                spec.name, also=tuple(plugins.registry(kind) for kind in kinds[1:])
+            )
             problems.append(f"{path}.name: {message}")
             continue
         try:

@@ -121,14 +121,18 @@ class Registry:
         except KeyError:
             raise UnknownComponentError(self.unknown_message(name)) from None
 
-    def unknown_message(self, name: str) -> str:
+    def unknown_message(self, name: str, also: tuple[Registry, ...] = ()) -> str:
+        """What to say about a name none of ``self`` and ``also`` (registries searched with it) knows."""
+        registries = (self, *also)
         lines = [f"Unknown {self.kind} '{name}'."]
-        close = difflib.get_close_matches(name, list(self.components), n=3, cutoff=0.6)
+        known = [known_name for registry in registries for known_name in registry.components]
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         if close:
             lines[0] += f" Did you mean: {', '.join(close)}?"
-        provider = FIRST_PARTY_PROVIDERS.get(self.kind, {}).get(name)
+        provider = next((FIRST_PARTY_PROVIDERS.get(r.kind, {}).get(name) for r in registries
+                         if name in FIRST_PARTY_PROVIDERS.get(r.kind, {})), None)
         if provider is not None:
             lines.append(f"'{name}' is provided by {provider}: pip install {provider}")
-        lines.append(f"List the available ones with: transmodal components {self.kind}")
+        lines.append("List the available ones with: " + " / ".join(f"transmodal components {r.kind}" for r in registries))
         lines.extend(self.failure_notes())
         return "\n".join(lines)

@@ -132,7 +132,7 @@ class Trainer:
         samples = 0
         for epoch in range(self.epoch, self.config.epochs):
             epoch_started = time.perf_counter()
-            train_metrics, epoch_samples = self._train_epoch(epoch)
+            train_metrics, epoch_samples = self.train_epoch(epoch)
             samples += epoch_samples
             evaluation = self.evaluate()
             self.epoch = epoch + 1
@@ -154,7 +154,7 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
-    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
         self.model.train()
         self.strategy_modules.train()
         for strategy in self.strategies:

@@ -1,0 +1,98 @@
+"""The command line: each command on a tiny run, exit statuses, and messages without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_experiment_dict
+from transmodal.cli import main
+
+
+def write_config(tmp_path: Path, *overrides: str) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment_dict(tmp_path, *overrides)))
+    return path
+
+
+def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture):
+    config = write_config(tmp_path, "output.name=cli", "trainer.epochs=1")
+    assert main(["train", str(config), "--quiet", "--set", "adaptation.0.weight=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "best by source/val/accuracy" in out and "target/test" in out and "oracle" in out
+    run_dir = tmp_path / "runs" / "cli"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["adaptation"][0]["weight"] == 0.5
+
+    assert main(["evaluate", str(run_dir), "--json", "--drop-modality", "text"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dropped"] == ["text"] and set(report["metrics"]) == {"source/val", "target/test"}
+
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    assert main(["train", str(config), "--resume", str(run_dir)]) == 2
+    assert "--resume continues a run" in capsys.readouterr().err
+
+
+def test_config_errors_exit_2_with_a_message_and_no_traceback(tmp_path: Path, capsys: pytest.CaptureFixture):
+    config = write_config(tmp_path)
+    assert main(["train", str(config), "--set", "model.fusion.name=concatt"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown fusion 'concatt'. Did you mean: concat?" in err
+    assert "Traceback" not in err
+    assert main(["config", "validate", str(config), "--set", "trainer.epochs=zero"]) == 2
+    assert "trainer.epochs: Input should be a valid integer" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["evaluate", str(tmp_path)]) == 1
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_config_validate_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main(["config", "validate", str(write_config(tmp_path))]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"data", "model", "adaptation", "trainer", "optimizer", "schedule", "output"} <= set(schema["properties"])
+
+
+def test_components_and_plugins(capsys: pytest.CaptureFixture):
+    assert main(["components", "fusion", "c*"]) == 0
+    out = capsys.readouterr().out
+    assert "concat" in out and "mean" not in out
+    assert main(["components", "show", "dann"]) == 0
+    out = capsys.readouterr().out
+    assert "strategy" in out and "weight: float, default 1.0" in out
+    assert main(["components", "show", "dan"]) == 2
+    assert "Did you mean: dann" in capsys.readouterr().err
+    assert main(["plugins", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    core = next(p for p in payload["plugins"] if p["distribution"] == "transmodal")
+    assert "synthetic-shapes" in core["registers"]["dataset"]
+
+
+def test_core_only_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """With every plugin disabled the default experiment still runs, and resnet18 says what to install."""
+    monkeypatch.setenv("TRANSMODAL_LOAD_PLUGINS", "")
+    config = write_config(tmp_path, "trainer.epochs=1")
+    assert main(["train", str(config), "--quiet"]) == 0
+    assert main(["train", str(config), "--set", "model.encoders.image={name: resnet18}"]) == 2
+    assert "'resnet18' is provided by transmodal-vision: pip install transmodal-vision" in capsys.readouterr().err
+
+
+def test_help_and_exit_status_of_the_installed_command():
+    result = subprocess.run([sys.executable, "-m", "transmodal.cli", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--resume" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "transmodal.cli", "frobnicate"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_import_does_not_load_heavy_plugin_dependencies():
+    code = (
+        "import sys, transmodal; transmodal.get_plugins(); "
+        "print(sorted(m for m in ('torchvision', 'tokenizers', 'peft') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
