@@ -24,7 +24,7 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture):
     config = write_config(tmp_path, "output.name=cli", "trainer.epochs=1")
     assert main(["train", str(config), "--quiet", "--set", "adaptation.0.weight=0.5"]) == 0
     out = capsys.readouterr().out
-    assert "best by source/val/accuracy" in out and "target/test" in out and "oracle" in out
+    assert "best by source-val (source/val accuracy)" in out and "target/test" in out and "oracle" in out
     run_dir = tmp_path / "runs" / "cli"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["adaptation"][0]["weight"] == 0.5
 

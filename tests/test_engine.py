@@ -35,7 +35,7 @@ def test_a_run_writes_its_directory(tiny):
             assert set(record[split]) >= {"loss", "accuracy", "macro_f1"}
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
     on_disk = json.loads((run_dir / "summary.json").read_text())
-    assert on_disk["selected_by"] == "source/val/accuracy"
+    assert on_disk["selected_by"] == "source-val (source/val accuracy)"
     assert on_disk["final"]["target/test"] == records[-1]["target/test"]
     assert "target test labels" in on_disk["oracle"]["note"]
     assert not list(run_dir.rglob("*.tmp"))
@@ -87,7 +87,7 @@ def test_resuming_a_finished_run_changes_nothing(tiny):
 def test_evaluate_a_saved_run_and_drop_a_modality(tiny):
     summary, run_dir = transmodal.train(tiny(), quiet=True)
     metrics, header = evaluate_run(run_dir)
-    assert header["selected_by"] == "source/val/accuracy"
+    assert header["selected_by"] == "source-val (source/val accuracy)"
     assert metrics == summary["best"]
     without_text, _ = evaluate_run(run_dir, drop_modalities=("text",))
     assert without_text["source/val"]["accuracy"] != metrics["source/val"]["accuracy"]

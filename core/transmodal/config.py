@@ -93,9 +93,6 @@ class TrainerConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs CUDA.")
     seed: int = 0
     log_every: int = Field(20, ge=1, description="Steps between progress updates (each one syncs the device).")
-    select: str = Field(
-        "source/val/accuracy", description="Metric that picks best.pt: '<split>/<metric>', higher is better."
-    )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice.")
     flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
 
@@ -113,6 +110,9 @@ class Experiment(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     adaptation: list[ComponentSpec] = Field(
         default_factory=lambda: [ComponentSpec(name="finetune")], description="Strategies, applied in order."
+    )
+    validator: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="source-val"), description="Picks the best checkpoint."
     )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -227,6 +227,7 @@ def component_specs(experiment: Experiment) -> list[tuple[str, tuple[str, ...], 
     specs.append(("model.head", ("head",), experiment.model.head))
     for index, spec in enumerate(experiment.adaptation):
         specs.append((f"adaptation.{index}", ("strategy",), spec))
+    specs.append(("validator", ("validator",), experiment.validator))
     return specs
 
 

@@ -12,6 +12,7 @@ from transmodal.errors import ConfigError, DataError
 from transmodal.model import TransmodalModel
 from transmodal.plugins import Plugins, get_plugins
 from transmodal.strategy import Strategy
+from transmodal.validator import Validator
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Assembled:
     data: PreparedData
     model: TransmodalModel
     strategies: list[Strategy]
+    validator: Validator
 
 
 def assemble(
@@ -42,7 +44,11 @@ def assemble(
     data = prepare_data(experiment, components, tokenizer_states or {})
     model = build_model(experiment, components, data)
     strategies = build_strategies(experiment, components, data)
-    return Assembled(experiment, components, data, model, strategies)
+    validator = _build(components["validator"])
+    if validator.needs_unlabelled_target and data.unlabelled is None:
+        raise ConfigError(f"validator: '{experiment.validator.name}' scores unlabelled target data, but dataset "
+                          f"'{experiment.data.dataset.name}' provides none; use source-val")
+    return Assembled(experiment, components, data, model, strategies, validator)
 
 
 def _build(resolved: ResolvedComponent, *context: Any, **keywords: Any) -> Any:

@@ -6,6 +6,7 @@ plugin costs only its own components and a warning that says how to remove it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from transmodal.registry import KINDS, Component, NoParams, Registry
 
 ENTRY_POINT_GROUP = "transmodal"
 CORE_DISTRIBUTION = "transmodal"
+# The core's own plugins: modules with hook implementations, registered like installed plugins.
+BUILTIN_PLUGINS: tuple[str, ...] = ("transmodal.builtin",)
 
 # hook name for each kind: register_<plural>
 HOOK_FOR_KIND: dict[str, str] = {kind: f"register_{kind}s" for kind in KINDS}
@@ -87,9 +90,8 @@ class Plugins:
         self._strict = _strict()
 
         if include_builtin:
-            from transmodal import builtin
-
-            self._register_plugin(CORE_DISTRIBUTION, _version_of(CORE_DISTRIBUTION), builtin)
+            for module in BUILTIN_PLUGINS:
+                self._register_plugin(CORE_DISTRIBUTION, _version_of(CORE_DISTRIBUTION), importlib.import_module(module))
         for distribution, plugin in extra_plugins:
             self._register_plugin(distribution, _version_of(distribution), plugin)
         if entry_points is None:
@@ -117,7 +119,7 @@ class Plugins:
         """Run the plugin's registration hooks; commit its components only if all of them succeed."""
         staged: list[Component] = []
         try:
-            self.manager.register(plugin, name=distribution)
+            self.manager.register(plugin)
             for kind in KINDS:
                 caller = getattr(self.manager.hook, HOOK_FOR_KIND[kind])
                 for impl in caller.get_hookimpls():

@@ -2,7 +2,7 @@
 
 A run directory holds ``config.yaml`` (the resolved experiment), ``metrics.jsonl`` (one line per epoch),
 ``checkpoints/last.pt`` (full training state) and ``checkpoints/best.pt`` (weights chosen by
-``trainer.select``), ``tokenizers/`` and ``summary.json``.
+the experiment's ``validator``), ``tokenizers/`` and ``summary.json``.
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from transmodal.metrics import ClassificationMeter
 from transmodal.model import ModelOutput
 from transmodal.optim import build_optimizer, build_scheduler
 from transmodal.strategy import ParamGroup, StepData, TrainingContext
+from transmodal.validator import Metrics, ValidationContext
 
 CHECKPOINT_FORMAT = 1
-Metrics = dict[str, dict[str, float]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,6 +59,7 @@ class Trainer:
         self.config = self.experiment.trainer
         self.data = assembled.data
         self.strategies = assembled.strategies
+        self.validator = assembled.validator
         self.run_dir = run_dir
         self.quiet = quiet
         self.device = resolve_device(self.config.device)
@@ -245,13 +246,8 @@ class Trainer:
     def evaluate(self, drop_modalities: tuple[str, ...] = ()) -> Metrics:
         """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent."""
         self.model.eval()
-        if self.strategies:
-            target_batches = (
-                (move_batch(b, self.device) for b in self.data.unlabelled.epoch(0))
-                if self.data.unlabelled is not None else iter(())
-            )
-            for strategy in self.strategies:
-                strategy.before_evaluate(self.model, target_batches)
+        for strategy in self.strategies:
+            strategy.before_evaluate(self.model, self._unlabelled_batches())
         results: Metrics = {}
         for name, loader in self.data.evaluation.items():
             meter = ClassificationMeter(self.model.num_classes, self.device)
@@ -266,17 +262,19 @@ class Trainer:
         return results
 
     def _update_best(self, evaluation: Metrics) -> bool:
-        split, _, metric = self.config.select.rpartition("/")
-        if split not in evaluation or metric not in evaluation[split]:
-            raise ConfigError(
-                f"trainer.select: '{self.config.select}' is not a metric of this run; choose one of "
-                + ", ".join(f"{s}/{m}" for s in evaluation for m in ("accuracy", "macro_f1"))
-            )
-        value = evaluation[split][metric]
+        self.model.eval()
+        context = ValidationContext(self.model, evaluation, self._unlabelled_batches, self.autocast)
+        with torch.inference_mode():
+            value = float(self.validator.score(context))
         if self.best["value"] is None or value > self.best["value"]:
             self.best = {"value": value, "epoch": self.epoch}
             return True
         return False
+
+    def _unlabelled_batches(self) -> Iterator[Batch]:
+        if self.data.unlabelled is None:
+            return iter(())
+        return (move_batch(batch, self.device) for batch in self.data.unlabelled.epoch(0))
 
     # -- run directory and checkpoints ------------------------------------------------------------------
 
@@ -305,7 +303,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "tokenizers": {m: t.state() for m, t in self.data.tokenizers.items()},
             "classes": list(self.data.bundle.classes),
-            "selected_by": self.config.select,
+            "selected_by": self.validator.describe(),
             "selected_value": self.best["value"],
         }
 
@@ -358,7 +356,8 @@ class Trainer:
             "name": self.experiment.name,
             "epochs": self.epoch,
             "steps": self.step,
-            "selected_by": self.config.select,
+            "selected_by": self.validator.describe(),
+            "selected_by_oracle": self.validator.oracle,
             "best_epoch": best_epoch,
             "best": {s: best[s] for s in splits if s in best},
             "final": {s: final[s] for s in splits if s in final},
