@@ -18,6 +18,7 @@ from transmodal.builtin.strategies import DANNParams, FinetuneParams
 from transmodal.hookspecs import Register, hookimpl
 from transmodal.registry import NoParams
 from transmodal.tokenizer import WordTokenizerParams
+from transmodal.validator import MetricParams, OracleParams
 
 _HERE = "transmodal.builtin"
 
@@ -75,3 +76,11 @@ def register_datasets(register: Register) -> None:
 def register_tokenizers(register: Register) -> None:
     register("word", "transmodal.tokenizer:build_word_tokenizer", WordTokenizerParams,
              "Lower-cased words and punctuation with a frequency-ranked vocabulary.")
+
+
+@hookimpl
+def register_validators(register: Register) -> None:
+    register("source-val", "transmodal.validator:build_source_val", MetricParams,
+             "A metric on held-out labelled source data (default: source/val accuracy).")
+    register("oracle", "transmodal.validator:build_oracle", OracleParams,
+             "A metric on target test labels: an upper bound, always marked oracle, never a result.")
