@@ -43,7 +43,7 @@ def assemble(
     components = validate_components(experiment, plugins)
     data = prepare_data(experiment, components, tokenizer_states or {})
     model = build_model(experiment, components, data)
-    strategies = build_strategies(experiment, components, data)
+    strategies = build_strategies(experiment, components, data, model)
     validator = _build(components["validator"])
     if validator.needs_unlabelled_target and data.unlabelled is None:
         raise ConfigError(f"validator: '{experiment.validator.name}' scores unlabelled target data, but dataset "
@@ -134,7 +134,7 @@ def build_model(
 
 
 def build_strategies(
-    experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData
+    experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData, model: TransmodalModel
 ) -> list[Strategy]:
     strategies: list[Strategy] = []
     for index, spec in enumerate(experiment.adaptation):
@@ -146,4 +146,12 @@ def build_strategies(
                 f"dataset with a target split."
             )
         strategies.append(strategy)
+    adversarial = [spec.name for spec, s in zip(experiment.adaptation, strategies) if s.adversarial]
+    if len(adversarial) > 1:
+        raise ConfigError(
+            f"adaptation: {' and '.join(adversarial)} are both adversarial; two domain discriminators pulling on "
+            f"the same features cannot be combined. Keep one."
+        )
+    for strategy in strategies:
+        strategy.check(model, strategies)
     return strategies

@@ -2,12 +2,14 @@
 
 Strategies compose as a list. The trainer calls, in order of the list:
 
+* ``check(model, strategies)`` before anything trains: raise ConfigError for a combination that cannot work;
 * ``setup(model, context)`` once, before the optimizer exists (freeze, wrap, snapshot pretrained weights);
 * ``modules()``: the strategy's own trainable modules (a domain discriminator), optimised and checkpointed;
 * ``configure_param_groups(groups)``: change learning-rate scales or drop groups;
 * ``loss_terms(step)`` every step: named loss terms added to the task loss;
 * ``on_step_end``, ``on_epoch_start``, ``on_epoch_end``: schedules, unfreezing;
-* ``before_evaluate(model, target_batches)``: e.g. re-estimate BatchNorm statistics on the target domain;
+* ``before_evaluate(model, target_batches)``: e.g. re-estimate BatchNorm statistics on the target domain,
+  and ``after_evaluate(model)`` to undo it before training goes on;
 * ``state_dict`` / ``load_state_dict``: whatever a resumed run needs to continue exactly.
 """
 
@@ -63,6 +65,10 @@ class Strategy:
 
     name: str = "strategy"
     needs_unlabelled_target: bool = False
+    adversarial: bool = False  # trains against a domain discriminator; two at once cannot be combined
+
+    def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
+        pass
 
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
         pass
@@ -86,6 +92,9 @@ class Strategy:
         pass
 
     def before_evaluate(self, model: TransmodalModel, target_batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        pass
+
+    def after_evaluate(self, model: TransmodalModel) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:

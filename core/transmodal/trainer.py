@@ -137,6 +137,9 @@ class Trainer:
             samples += epoch_samples
             evaluation = self.evaluate()
             self.epoch = epoch + 1
+            improved = self._update_best(evaluation)
+            for strategy in self.strategies:
+                strategy.after_evaluate(self.model)
             record = {
                 "epoch": self.epoch,
                 "step": self.step,
@@ -146,7 +149,6 @@ class Trainer:
                 "seconds": round(time.perf_counter() - epoch_started, 3),
             }
             self.history.append(record)
-            improved = self._update_best(evaluation)
             self._write_epoch(record, improved)
             self._print_epoch(record)
         elapsed = time.perf_counter() - started

@@ -103,6 +103,7 @@ class DANN(Strategy):
 
     name = "dann"
     needs_unlabelled_target = True
+    adversarial = True
 
     def __init__(self, params: DANNParams) -> None:
         self.params = params
