@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from transmodal.data import PAD_ID, BatchLoader, ModalitySpec
-from transmodal.encoder import ImageInput, random_crop
+from transmodal.encoder import ImageInput, random_crop_flip
 from transmodal.plugins import get_plugins
 from transmodal.tokenizer import WordTokenizerParams, build_word_tokenizer
 
@@ -81,17 +81,17 @@ def test_image_input_normalises_and_flips():
     pipeline = ImageInput(mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
     pipeline.eval()
     expected = (images.float() / 255 - 0.5) / 0.25
-    assert torch.allclose(pipeline(images), expected)  # no augmentation in eval mode
+    assert torch.allclose(pipeline(images), expected, atol=1e-5)  # no augmentation in eval mode
     pipeline.train()
     flipped = pipeline(images)
-    same = torch.isclose(flipped, expected).flatten(1).all(1)
-    mirrored = torch.isclose(flipped, expected.flip(-1)).flatten(1).all(1)
+    same = torch.isclose(flipped, expected, atol=1e-5).flatten(1).all(1)
+    mirrored = torch.isclose(flipped, expected.flip(-1), atol=1e-5).flatten(1).all(1)
     assert bool((same | mirrored).all()) and 10 < int(mirrored.sum()) < 54  # every sample one or the other
 
 
 def test_random_crop_stays_in_bounds_and_shifts_content():
     image = torch.arange(36.0).view(1, 1, 6, 6).repeat(200, 1, 1, 1)
-    cropped = random_crop(image, padding=2)
+    cropped = random_crop_flip(image, padding=2, hflip=False)
     assert cropped.shape == image.shape
     # Each crop is the original shifted by (dy, dx) in [-2, 2] with zeros coming in: find the shift and check.
     padded = torch.nn.functional.pad(image[:1], (2, 2, 2, 2))[0, 0]

@@ -29,8 +29,9 @@ class Encoder(nn.Module):
 class ImageInput(nn.Module):
     """uint8 images to normalised floats on the training device, with batched augmentation in training.
 
-    Whole-batch tensor ops replace per-sample PIL transforms: random crop with zero padding (one offset per
-    sample, gathered at once), horizontal flip, optional resize, normalisation.
+    Whole-batch tensor ops replace per-sample PIL transforms: random crop (zero padding) and horizontal flip as
+    one gather on the uint8 batch, optional resize, then normalisation in place with a precomputed scale and
+    shift, so the float batch is written only once or twice.
     """
 
     def __init__(
@@ -44,34 +45,36 @@ class ImageInput(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        # (x / 255 - mean) / std == x * scale - shift
+        self.register_buffer("scale", 1.0 / (255.0 * self.std), persistent=False)
+        self.register_buffer("shift", self.mean / self.std, persistent=False)
         self.crop_padding = crop_padding
         self.hflip = hflip
         self.size = size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        if self.training and self.crop_padding > 0:
-            x = random_crop(x, self.crop_padding)
-        if self.training and self.hflip:
-            x = random_hflip(x)
+        if self.training and (self.crop_padding > 0 or self.hflip):
+            images = random_crop_flip(images, self.crop_padding, self.hflip)
+        x = images.to(torch.float32, copy=True)
+        if images.dtype != torch.uint8:  # floats in [0, 1]
+            x.mul_(255.0)
         if self.size is not None and x.shape[-1] != self.size:
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return (x - self.mean) / self.std
+        return x.mul_(self.scale).sub_(self.shift)
 
 
-def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
-    """Pad by ``padding`` with zeros and cut a random window of the original size for each sample."""
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:
+    """Per sample: pad by ``padding`` with zeros, cut a random window of the original size, and mirror it
+    with probability 1/2 if ``hflip``. One gather for the whole batch, in the input's dtype."""
     batch, channels, height, width = images.shape
-    padded = nn.functional.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (2, batch), device=images.device)
-    rows = (offsets[0].view(batch, 1) + torch.arange(height, device=images.device)).view(batch, 1, height, 1)
-    cols = (offsets[1].view(batch, 1) + torch.arange(width, device=images.device)).view(batch, 1, 1, width)
-    padded_width = width + 2 * padding
-    flat = padded.flatten(2)
-    index = (rows * padded_width + cols).expand(batch, channels, height, width).flatten(2)
-    return flat.gather(2, index).view(batch, channels, height, width)
-
-
-def random_hflip(images: torch.Tensor) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], device=images.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    device = images.device
+    padded = nn.functional.pad(images, (padding, padding, padding, padding)) if padding else images
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), device=device)
+    columns = torch.arange(width, device=device).expand(batch, width)
+    if hflip:
+        flip = torch.rand(batch, device=device) < 0.5
+        columns = torch.where(flip.view(-1, 1), columns.flip(-1), columns)
+    rows = (offsets[0].view(batch, 1) + torch.arange(height, device=device)).view(batch, 1, height, 1)
+    cols = (offsets[1].view(batch, 1) + columns).view(batch, 1, 1, width)
+    index = (rows * (width + 2 * padding) + cols).expand(batch, channels, height, width).reshape(batch, channels, -1)
+    return padded.flatten(2).gather(2, index).view(batch, channels, height, width)
