@@ -11,20 +11,25 @@ from transmodal.strategy import ParamGroup
 
 
 def build_optimizer(groups: list[ParamGroup], config: OptimizerConfig) -> torch.optim.Optimizer:
-    torch_groups = []
+    """Groups with the same learning-rate scale and weight decay become one optimizer group (fewer kernel
+    launches per step). Frozen parameters stay in: they get no gradient, so no update, and a strategy can
+    unfreeze them later in training."""
+    merged: dict[tuple[float, float | None], dict] = {}
     for group in groups:
-        # Frozen parameters stay in the optimizer (they get no gradient, so no update) so that a strategy
-        # can unfreeze them later in training.
-        entry: dict = {"params": group.params, "lr": config.lr * group.lr_scale, "name": group.name}
+        key = (group.lr_scale, group.weight_decay)
+        entry = merged.setdefault(key, {"params": [], "lr": config.lr * group.lr_scale, "names": []})
+        entry["params"].extend(group.params)
+        entry["names"].append(group.name)
         if group.weight_decay is not None:
             entry["weight_decay"] = group.weight_decay
-        torch_groups.append(entry)
+    torch_groups = [{**entry, "names": ",".join(entry["names"])} for entry in merged.values()]
+    on_cuda = all(p.is_cuda for entry in torch_groups for p in entry["params"])
     if config.name == "sgd":
         return torch.optim.SGD(
             torch_groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
             weight_decay=config.weight_decay,
         )
-    return torch.optim.AdamW(torch_groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(torch_groups, lr=config.lr, weight_decay=config.weight_decay, fused=on_cuda or None)
 
 
 def schedule_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:

@@ -225,7 +225,7 @@ class Trainer:
             for strategy in self.strategies:
                 for name, value in strategy.loss_terms(step).items():
                     terms[f"{strategy.name}.{name}"] = value.float()
-            loss = torch.stack(list(terms.values())).sum()
+            loss = sum(list(terms.values())[1:], task)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.experiment.optimizer.grad_clip is not None:
