@@ -22,7 +22,7 @@ def _require_kind(modality: ModalitySpec, kind: str, encoder: str) -> None:
 
 class SmallCNNParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    channels: list[int] = Field([32, 64, 128], min_length=1, description="Output channels of each conv block.")
+    channels: list[int] = Field([16, 32, 64], min_length=1, description="Output channels of each conv block.")
     tokens: bool = Field(False, description="Return the last feature map as (B, H*W, C) tokens.")
 
 

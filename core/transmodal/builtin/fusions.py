@@ -114,8 +114,8 @@ class BilinearFusion(Fusion):
     """Low-rank bilinear pooling (MLB, Kim et al., 2017): ``P (tanh(U_1 x_1) * ... * tanh(U_M x_M))``.
 
     The Hadamard product of projections is a rank-constrained bilinear (for M > 2, multilinear) form at the
-    cost of M linear maps. An absent modality's factor is all ones, the product's identity, so the others
-    still interact instead of being multiplied away.
+    cost of M linear maps. An absent modality's factor is all ones, the product's identity, so what the other
+    modalities bring is kept instead of being multiplied away.
     """
 
     def __init__(self, input_dims: dict[str, int], rank: int, dim: int, dropout: float) -> None:
@@ -195,7 +195,7 @@ class TensorFusion(Fusion):
 def _tensor_too_large(widths: dict[str, int], size: int, max_size: int) -> str:
     shown = " x ".join(f"({m} {w} + 1)" for m, w in widths.items())
     count = len(widths)
-    fitting = int(round(max_size ** (1.0 / count))) - 1
+    fitting = round(max_size ** (1.0 / count)) - 1
     while fitting > 0 and (fitting + 1) ** count > max_size:
         fitting -= 1
     hint = f"set model.fusion.project={fitting} (or smaller)" if fitting >= 1 else "use fewer modalities"
