@@ -45,14 +45,14 @@ _TRIANGLE_NORMALS = torch.tensor(
 
 # Target-domain shift strength, tuned so a source-only CNN drops clearly but stays above chance.
 _TARGET_BASE = (0.1, 0.4)
-_STRIPE_AMP = 0.12
+_STRIPE_AMP = 0.18
 _GRADIENT_AMP = 0.15
 _BLOB_AMP = 0.2
-_NOISE_STD = 0.04
-_CONTRAST = (0.7, 0.9)
+_NOISE_STD = 0.05
+_CONTRAST = (0.6, 0.9)
 
-# Bounds memory (about 4M floats per intermediate at 32px) independently of n.
-_CHUNK = 4096
+# Pixels per rendering chunk: bounds memory (about 16 MB per intermediate) for any n and size.
+_CHUNK_PIXELS = 4096 * 32 * 32
 
 # Circle-equivalent radius range in [-1, 1] image units; captions name its tertiles.
 _SIZE_RANGE = (0.35, 0.55)
@@ -67,7 +67,7 @@ _SOURCE_TEMPLATES: tuple[str, ...] = (
 )
 _TARGET_TEMPLATES: tuple[str, ...] = (
     "snapshot of a {size} {colour} mark {pos} which seems {attr} somehow.",
-    "in this noisy picture a {colour} piece is {attr} and placed {pos}.",
+    "in this noisy picture the {colour} piece is {attr} and placed {pos}.",
     "someone drew a {size} form {pos} and it is rather {attr} here.",
     "over the busy backdrop one {attr} {colour} element rests {pos}.",
     "quite {attr} {colour} stuff shows up {pos} in the scene.",
@@ -100,46 +100,53 @@ def render_split(domain: str, n: int, seed: int, image_size: int = 32) -> Render
     centre = (2 * torch.rand(n, 2, generator=g) - 1) * margin
     angle = 2 * math.pi * torch.rand(n, generator=g)
 
+    background = _target_background if target else _source_background
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
-    for start in range(0, n, _CHUNK):
-        sl = slice(start, start + _CHUNK)
+    # Big (N, 3, S, S) tensors are updated in place: allocation, not arithmetic, dominates here.
+    chunk = max(1, _CHUNK_PIXELS // image_size**2)
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        m = len(shape[sl])
         alpha = _shape_alpha(shape[sl], centre[sl], size[sl], angle[sl], image_size)
         fg = _shape_colours(colour[sl], target, g)
-        bg = _target_background(alpha.shape[0], image_size, g) if target else _source_background(
-            alpha.shape[0], image_size, g
-        )
-        img = bg * (1 - alpha) + fg[:, :, None, None] * alpha
+        img = background(m, image_size, g).lerp_(fg[:, :, None, None], alpha)
         if target:
-            img = _degrade(img, g)
-        images[sl] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+            _degrade_(img, g)
+        images[sl] = img.clamp_(0, 1).mul_(255).round_()
 
     captions = _captions(attr, colour, size, centre, target, g)
     labels = shape * len(ATTRIBUTES) + attr
     return RenderedSplit(images=images, captions=captions, labels=labels)
 
 
+def _grid(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates (y, x), each (S, S), in [-1, 1]."""
+    coords = (torch.arange(s, dtype=torch.float32) + 0.5) * (2 / s) - 1
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    return y, x
+
+
 def _shape_alpha(
     shape: torch.Tensor, centre: torch.Tensor, size: torch.Tensor, angle: torch.Tensor, s: int
 ) -> torch.Tensor:
     """Anti-aliased coverage (N, 1, S, S) from per-shape signed distances on a shared grid."""
-    coords = (torch.arange(s, dtype=torch.float32) + 0.5) * (2 / s) - 1
-    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    y, x = _grid(s)
     dx = x - centre[:, 0, None, None]
     dy = y - centre[:, 1, None, None]
     cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
     r = size[:, None, None]
-    u = (cos * dx + sin * dy) / r
-    v = (-sin * dx + cos * dy) / r
+    u = torch.addcmul(cos * dx, sin, dy).div_(r)
+    v = torch.addcmul(cos * dy, -sin, dx).div_(r)
 
     dist = torch.empty_like(u)
     circle, square, triangle = (shape == k for k in range(3))
-    dist[circle] = torch.sqrt(u[circle] ** 2 + v[circle] ** 2) - 1
+    dist[circle] = torch.hypot(u[circle], v[circle]) - 1
     dist[square] = torch.maximum(u[square].abs(), v[square].abs()) - _SQUARE_HALF
     uv = torch.stack((u[triangle], v[triangle]), dim=-1)
     dist[triangle] = (uv @ _TRIANGLE_NORMALS.T).amax(dim=-1) - _TRIANGLE_R / 2
     # Distance in pixels -> one-pixel soft edge, so small shapes do not alias into each other.
-    pixels = dist * r * (s / 2)
-    return (0.5 - pixels).clamp(0, 1).unsqueeze(1)
+    pixels = dist.mul_(r * (s / 2))
+    return pixels.neg_().add_(0.5).clamp_(0, 1).unsqueeze(1)
 
 
 def _shape_colours(colour: torch.Tensor, target: bool, g: torch.Generator) -> torch.Tensor:
@@ -156,13 +163,12 @@ def _source_background(n: int, s: int, g: torch.Generator) -> torch.Tensor:
     """Near-uniform dark, slightly tinted background with faint noise."""
     base = 0.05 + 0.2 * torch.rand(n, 1, 1, 1, generator=g)
     tint = 0.06 * torch.rand(n, 3, 1, 1, generator=g) - 0.03
-    return base + tint + 0.01 * torch.randn(n, 3, s, s, generator=g)
+    return torch.randn(n, 3, s, s, generator=g).mul_(0.01).add_(base + tint)
 
 
 def _target_background(n: int, s: int, g: torch.Generator) -> torch.Tensor:
     """Mid-tone background of random-colour stripes, a gradient and soft blobs."""
-    coords = (torch.arange(s, dtype=torch.float32) + 0.5) * (2 / s) - 1
-    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    y, x = _grid(s)
 
     def direction() -> tuple[torch.Tensor, torch.Tensor]:
         theta = 2 * math.pi * torch.rand(n, 1, 1, 1, generator=g)
@@ -172,30 +178,30 @@ def _target_background(n: int, s: int, g: torch.Generator) -> torch.Tensor:
         return scale * (2 * torch.rand(n, 3, 1, 1, generator=g) - 1)
 
     lo, hi = _TARGET_BASE
-    bg = lo + (hi - lo) * torch.rand(n, 3, 1, 1, generator=g)
+    base = lo + (hi - lo) * torch.rand(n, 3, 1, 1, generator=g)
     c, sn = direction()
     freq = math.pi * (2 + 4 * torch.rand(n, 1, 1, 1, generator=g))
     phase = 2 * math.pi * torch.rand(n, 1, 1, 1, generator=g)
-    bg = bg + colour_amp(_STRIPE_AMP) * torch.sin(freq * (c * x + sn * y) + phase)
+    stripes = torch.addcmul(c * x, sn, y).mul_(freq).add_(phase).sin_()
+    bg = colour_amp(_STRIPE_AMP) * stripes
+    bg.add_(base)
     c, sn = direction()
-    bg = bg + colour_amp(_GRADIENT_AMP) * (c * x + sn * y)
+    bg.addcmul_(colour_amp(_GRADIENT_AMP), torch.addcmul(c * x, sn, y))
     for _ in range(3):
         centre = 2 * torch.rand(n, 2, 1, 1, generator=g) - 1
         width = 0.15 + 0.3 * torch.rand(n, 1, 1, 1, generator=g)
-        d2 = (x - centre[:, :1]) ** 2 + (y - centre[:, 1:]) ** 2
-        bg = bg + colour_amp(_BLOB_AMP) * torch.exp(-d2 / (2 * width**2))
+        d2 = (x - centre[:, :1]).square_().add_((y - centre[:, 1:]).square_())
+        bg.addcmul_(colour_amp(_BLOB_AMP), d2.div_(-2 * width**2).exp_())
     return bg
 
 
-
-def _degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Per-image contrast reduction towards its mean plus pixel noise."""
-    n = img.shape[0]
+def _degrade_(img: torch.Tensor, g: torch.Generator) -> None:
+    """In place: per-image contrast reduction towards its mean plus pixel noise."""
     lo, hi = _CONTRAST
-    contrast = lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=g)
+    contrast = lo + (hi - lo) * torch.rand(img.shape[0], 1, 1, 1, generator=g)
     mean = img.mean(dim=(1, 2, 3), keepdim=True)
-    img = mean + contrast * (img - mean)
-    return img + _NOISE_STD * torch.randn(img.shape, generator=g)
+    img.mul_(contrast).add_(mean * (1 - contrast))
+    img.add_(torch.randn(img.shape, generator=g), alpha=_NOISE_STD)
 
 
 def _captions(
