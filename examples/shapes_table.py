@@ -35,11 +35,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="run only these rows")
     args = parser.parse_args()
+    configs = {label: CONFIGS[label] for label in (args.only or CONFIGS)}
 
     rows = []
     with tempfile.TemporaryDirectory() as runs:
-        for label, config in CONFIGS.items():
+        for label, config in configs.items():
             results: dict[str, list[float]] = {"source": [], "target": [], "oracle": []}
             for seed in args.seeds:
                 overrides = [*args.overrides, f"trainer.seed={seed}", f"output.dir={runs}"]

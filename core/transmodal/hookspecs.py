@@ -64,7 +64,9 @@ def register_datasets(register: Register) -> None:
 
 @hookspec
 def register_tokenizers(register: Register) -> None:
-    """Register tokenizers: ``factory(params, training_texts: list[str]) -> Tokenizer``."""
+    """Register tokenizers: ``factory(params, training_texts: list[str], state: str | None = None) -> Tokenizer``.
+
+    With ``state`` (what ``Tokenizer.state()`` returned) the factory restores that tokenizer instead of fitting."""
 
 
 @hookspec

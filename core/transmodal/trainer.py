@@ -64,8 +64,8 @@ class Trainer:
         self.quiet = quiet
         self.device = resolve_device(self.config.device)
         _check_precision(self.config.precision, self.device)
-        if self.device.type == "cpu" and self.config.flush_denormal:
-            torch.set_flush_denormal(True)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(self.config.flush_denormal)
 
         self.model = assembled.model.to(self.device)
         self.steps_per_epoch = len(self.data.train)

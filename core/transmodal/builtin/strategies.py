@@ -95,6 +95,10 @@ class DANNParams(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     gamma: float = Field(10.0, gt=0.0, description="Steepness of the reversal coefficient's warm-up.")
     max_coefficient: float = Field(1.0, gt=0.0, description="Reversal coefficient reached at the end of training.")
+    delay: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Fraction of training before the domain loss starts (lets the task features form first).",
+    )
 
 
 class DANN(Strategy):
@@ -117,7 +121,9 @@ class DANN(Strategy):
 
     def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
         assert step.target_output is not None and self.discriminator is not None
-        coefficient = self.params.max_coefficient * dann_coefficient(step.progress, self.params.gamma)
+        delay = self.params.delay
+        ramp = max(0.0, step.progress - delay) / (1.0 - delay)
+        coefficient = self.params.max_coefficient * dann_coefficient(ramp, self.params.gamma)
         features = torch.cat([step.source_output.features, step.target_output.features])
         logits = self.discriminator(reverse_gradient(features, coefficient)).squeeze(1).float()
         domains = torch.cat([

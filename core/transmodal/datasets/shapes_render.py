@@ -3,8 +3,10 @@
 The class is ``attribute x shape``: the shape is visible only in the image and the attribute
 word appears only in the caption, so neither modality alone can solve the task and fusion is
 required. The "target" domain shifts the image statistics (textured, noisy, low-contrast
-backgrounds and a shifted palette) and the caption phrasing, giving domain adaptation
-something real to recover. Everything is drawn from one ``torch.Generator`` so the same
+backgrounds and a shifted palette), giving domain adaptation something real to recover. Captions
+follow the same templates in both domains: a caption shift would put unknown words in front of a
+vocabulary fitted on the source, which no alignment of features can recover, and it gave the domain
+discriminator of adversarial strategies a trivial cue that stalled the image pathway. Everything is drawn from one ``torch.Generator`` so the same
 seed always yields identical tensors and captions.
 """
 
@@ -45,11 +47,11 @@ _TRIANGLE_NORMALS = torch.tensor(
 
 # Target-domain shift strength, tuned so a source-only CNN drops clearly but stays above chance.
 _TARGET_BASE = (0.1, 0.4)
-_STRIPE_AMP = 0.18
-_GRADIENT_AMP = 0.15
-_BLOB_AMP = 0.2
-_NOISE_STD = 0.05
-_CONTRAST = (0.6, 0.9)
+_STRIPE_AMP = 0.08
+_GRADIENT_AMP = 0.08
+_BLOB_AMP = 0.1
+_NOISE_STD = 0.03
+_CONTRAST = (0.8, 0.95)
 
 # Pixels per rendering chunk: bounds memory (about 16 MB per intermediate) for any n and size.
 _CHUNK_PIXELS = 4096 * 32 * 32
@@ -58,19 +60,12 @@ _CHUNK_PIXELS = 4096 * 32 * 32
 _SIZE_RANGE = (0.35, 0.55)
 _SIZE_WORDS = ("small", "medium", "large")
 
-_SOURCE_TEMPLATES: tuple[str, ...] = (
+_TEMPLATES: tuple[str, ...] = (
     "a {size} {colour} thing that looks {attr} sits {pos}.",
     "this {colour} item {pos} appears {attr} to me.",
     "there is something {attr} and {colour} {pos}.",
     "an image with a {size} {attr} figure {pos}.",
     "the {colour} object {pos} feels {attr} today.",
-)
-_TARGET_TEMPLATES: tuple[str, ...] = (
-    "snapshot of a {size} {colour} mark {pos} which seems {attr} somehow.",
-    "in this noisy picture the {colour} piece is {attr} and placed {pos}.",
-    "someone drew a {size} form {pos} and it is rather {attr} here.",
-    "over the busy backdrop one {attr} {colour} element rests {pos}.",
-    "quite {attr} {colour} stuff shows up {pos} in the scene.",
 )
 
 
@@ -114,7 +109,7 @@ def render_split(domain: str, n: int, seed: int, image_size: int = 32) -> Render
             _degrade_(img, g)
         images[sl] = img.clamp_(0, 1).mul_(255).round_()
 
-    captions = _captions(attr, colour, size, centre, target, g)
+    captions = _captions(attr, colour, size, centre, g)
     labels = shape * len(ATTRIBUTES) + attr
     return RenderedSplit(images=images, captions=captions, labels=labels)
 
@@ -209,7 +204,6 @@ def _captions(
     colour: torch.Tensor,
     size: torch.Tensor,
     centre: torch.Tensor,
-    target: bool,
     g: torch.Generator,
 ) -> list[str]:
     """Templated captions that describe nuisance factors and always contain the attribute word.
@@ -217,7 +211,7 @@ def _captions(
     The attribute is always a standalone lower-case token (never touching punctuation) so any
     whitespace or regex tokenizer recovers it; the shape is never named or hinted.
     """
-    templates = _TARGET_TEMPLATES if target else _SOURCE_TEMPLATES
+    templates = _TEMPLATES
     choice = torch.randint(len(templates), (attr.shape[0],), generator=g).tolist()
     lo, hi = _SIZE_RANGE
     size_bin = ((size - lo) / (hi - lo) * 3).long().clamp(0, 2).tolist()
