@@ -153,3 +153,28 @@ def test_batch_loader_trims_text_padding_and_buckets_by_length():
         assert batch["text"].shape[1] == int((batch["text"] != PAD_ID).sum(1).max())
     # bucketed: the padding in the batches is far below the unsorted worst case of 8 columns each
     assert sum(widths) < 8 * len(widths) * 0.8
+
+
+def test_late_fusion_averages_probabilities_over_present_modalities(tiny):
+    from transmodal.experiment import assemble
+    from transmodal.model import LateFusionHeads
+
+    model = assemble(tiny("model.late_fusion=true")).model.eval()
+    assert isinstance(model.head, LateFusionHeads) and sorted(model.head.heads) == ["image", "text"]
+    features = {"image": torch.randn(4, model.encoders["image"].out_dim),
+                "text": torch.randn(4, model.encoders["text"].out_dim)}
+    image_probs = model.head.heads["image"](features["image"]).softmax(1)
+    text_probs = model.head.heads["text"](features["text"]).softmax(1)
+    both = model.head(features, None, {}).exp()
+    assert torch.allclose(both, (image_probs + text_probs) / 2, atol=1e-5)
+    present = {"image": torch.tensor([True, True, False, False]), "text": torch.tensor([True, False, True, False])}
+    mixed = model.head(features, present, {}).exp()
+    assert torch.allclose(mixed[1], image_probs[1], atol=1e-5) and torch.allclose(mixed[2], text_probs[2], atol=1e-5)
+    assert torch.allclose(mixed[3], torch.ones(9))  # no modality: exp(0), a flat score, not NaN
+
+
+def test_late_fusion_trains_end_to_end(tiny):
+    import transmodal
+
+    summary, _ = transmodal.train(tiny("model.late_fusion=true", "trainer.epochs=1"), quiet=True)
+    assert 0.0 <= summary["final"]["target/test"]["accuracy"] <= 1.0

@@ -59,6 +59,9 @@ class ModelConfig(_Strict):
     fusion: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="concat"))
     head: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="linear"))
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Drop each modality with this probability.")
+    late_fusion: bool = Field(
+        False, description="One head per modality, probabilities averaged over the modalities present."
+    )
 
     @model_validator(mode="after")
     def _some_encoder(self) -> ModelConfig:

@@ -9,7 +9,7 @@ from transmodal.config import Experiment, ResolvedComponent, validate_components
 from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, split_columns
 from transmodal.encoder import Encoder, ImageInput
 from transmodal.errors import ConfigError, DataError
-from transmodal.model import TransmodalModel
+from transmodal.model import LateFusionHeads, TransmodalModel
 from transmodal.plugins import Plugins, get_plugins
 from transmodal.strategy import Strategy
 from transmodal.validator import Validator
@@ -129,7 +129,12 @@ def build_model(
             )
     fusion = _build(components["model.fusion"], {m: e.out_dim for m, e in encoders.items()})
     num_classes = len(data.bundle.classes)
-    head = _build(components["model.head"], fusion.output_dim, num_classes)
+    if experiment.model.late_fusion:
+        head = LateFusionHeads(
+            {m: _build(components["model.head"], e.out_dim, num_classes) for m, e in encoders.items()}
+        )
+    else:
+        head = _build(components["model.head"], fusion.output_dim, num_classes)
     return TransmodalModel(inputs, encoders, fusion, head, num_classes, experiment.model.modality_dropout)
 
 

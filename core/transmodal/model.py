@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from transmodal.encoder import Encoder
-from transmodal.fusion import Fusion, pool_tokens
+from transmodal.fusion import Fusion, pool_tokens, presence
 
 
 @dataclass
@@ -60,7 +60,7 @@ class TransmodalModel(nn.Module):
         present = dict(present or {})
         features: dict[str, torch.Tensor] = {}
         token_masks: dict[str, torch.Tensor | None] = {}
-        device = next(self.head.parameters()).device
+        device = next(self.parameters()).device
         for modality in self.modalities:
             encoder = self.encoders[modality]
             raw = batch.get(modality)
@@ -86,6 +86,8 @@ class TransmodalModel(nn.Module):
     ) -> ModelOutput:
         features, present, token_masks = self.encode(batch, present)
         fused = self.fusion(features, present or None, token_masks)
+        if isinstance(self.head, LateFusionHeads):
+            return ModelOutput(logits=self.head(features, present or None, token_masks), features=fused)
         return ModelOutput(logits=self.head(fused), features=fused)
 
     def _drop_modalities(
@@ -100,6 +102,37 @@ class TransmodalModel(nn.Module):
         rescue = torch.randint(0, len(self.modalities), (batch_size,), device=device)
         keep[empty, rescue[empty]] = True
         return {modality: keep[:, column] for column, modality in enumerate(self.modalities)}
+
+
+class LateFusionHeads(nn.Module):
+    """Late fusion: one head per modality; class probabilities averaged over the modalities each sample has.
+
+    Returns the log of the averaged probabilities, which cross-entropy takes as logits. The fusion operator
+    still runs, for the features that strategies align.
+    """
+
+    def __init__(self, heads: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor] | None,
+        token_masks: dict[str, torch.Tensor | None],
+    ) -> torch.Tensor:
+        log_probs, masks = [], []
+        for modality in sorted(self.heads):
+            feature = features[modality]
+            if feature.dim() == 3:
+                feature = pool_tokens(feature, token_masks.get(modality))
+            log_probs.append(torch.log_softmax(self.heads[modality](feature).float(), dim=1))
+            masks.append(presence(features, present, modality).bool())
+        stacked = torch.stack(log_probs).masked_fill(~torch.stack(masks), float("-inf"))
+        count = torch.stack(masks).sum(dim=0).clamp(min=1)
+        averaged = torch.logsumexp(stacked, dim=0) - count.log()
+        # A sample with no modality at all: uniform prediction instead of NaN.
+        return torch.where(torch.stack(masks).any(dim=0), averaged, torch.zeros_like(averaged))
 
 
 def _batch_size(batch: dict[str, torch.Tensor]) -> int:
