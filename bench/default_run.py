@@ -36,7 +36,7 @@ def main() -> None:
                 sys.exit(f"default run failed:\n{completed.stderr}")
             # ru_maxrss of children is the largest peak of any child so far, in KiB on Linux
             peaks.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
-            print(completed.stdout.strip().splitlines()[-4], flush=True)
+            print(next(line for line in completed.stdout.splitlines() if line.startswith("target/test")), flush=True)
 
     result = {
         "wall_s_median": round(statistics.median(walls), 1),

@@ -1,0 +1,1 @@
+"""Example transmodal plugin: an element-wise maximum fusion."""
