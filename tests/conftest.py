@@ -6,9 +6,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from transmodal.config import Experiment, apply_overrides, default_experiment_dict, parse_experiment
 from transmodal.plugins import reset_plugins
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests' models are tiny: a second torch thread only adds synchronisation (and, on a busy machine,
+    waits for a core), so the suite runs single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -19,13 +19,6 @@ except ImportError:
 needs_attention = pytest.mark.skipif(attention_plugin is None, reason="transmodal-attention is not installed")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def build(name: str, input_dims: dict[str, int], **params):
     extra = [("transmodal-attention", attention_plugin)] if attention_plugin is not None else []

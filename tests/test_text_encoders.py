@@ -31,13 +31,6 @@ class FixedVocabulary:
         return dict(self.words)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def plugins() -> Plugins:
