@@ -24,7 +24,7 @@ from transmodal.registry import KINDS, Component, NoParams, Registry
 ENTRY_POINT_GROUP = "transmodal"
 CORE_DISTRIBUTION = "transmodal"
 # The core's own plugins: modules with hook implementations, registered like installed plugins.
-BUILTIN_PLUGINS: tuple[str, ...] = ("transmodal.builtin",)
+BUILTIN_PLUGINS: tuple[str, ...] = ("transmodal.builtin", "transmodal.builtin.adaptation")
 
 # hook name for each kind: register_<plural>
 HOOK_FOR_KIND: dict[str, str] = {kind: f"register_{kind}s" for kind in KINDS}

@@ -1,0 +1,205 @@
+"""Domain alignment on unlabelled target batches: CDAN, MMD, CORAL and entropy minimisation.
+
+All of them work on the model's fused features (or its predictions), which the trainer computes for source
+and target batches in the same step. Each loss weight follows its :class:`WeightSchedule`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from transmodal.builtin.adaptation.params import CDANParams, CoralParams, EntropyMinParams, MMDParams
+from transmodal.builtin.strategies import DomainDiscriminator, dann_coefficient, reverse_gradient
+from transmodal.model import TransmodalModel
+from transmodal.strategy import StepData, Strategy, TrainingContext
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row's softmax, (B, C) -> (B,)."""
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+# -- CDAN -------------------------------------------------------------------------------------------------------
+
+
+class _CDANModules(nn.Module):
+    """The discriminator and, for the randomized map, its fixed random projections (saved, never trained)."""
+
+    def __init__(self, feature_dim: int, num_classes: int, params: CDANParams) -> None:
+        super().__init__()
+        self.randomized = feature_dim * num_classes > params.max_multilinear_dim
+        in_dim = params.randomized_dim if self.randomized else feature_dim * num_classes
+        if self.randomized:
+            self.register_buffer("feature_projection", torch.randn(feature_dim, params.randomized_dim))
+            self.register_buffer("class_projection", torch.randn(num_classes, params.randomized_dim))
+        self.discriminator = DomainDiscriminator(in_dim, params.hidden, params.dropout)
+
+    def multilinear(self, features: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        """f (x) g flattened, (B, d*C); randomized: (f R_f) * (g R_g) / sqrt(width), (B, width)."""
+        if self.randomized:
+            width = self.feature_projection.shape[1]
+            return (features @ self.feature_projection) * (probabilities @ self.class_projection) / math.sqrt(width)
+        return torch.bmm(probabilities.unsqueeze(2), features.unsqueeze(1)).flatten(1)
+
+
+class CDAN(Strategy):
+    """Conditional domain-adversarial training (Long et al., 2018). The discriminator sees the multilinear map
+    of the fused features f and the class probabilities g (detached, as in the authors' code), through
+    the gradient-reversal layer, so features are aligned class by class rather than only as a whole.
+    With ``entropy``, each sample's loss is weighted by 1 + exp(-H(g)), normalised within each domain
+    (CDAN+E), so confident predictions count more. The reversal coefficient warms up as in DANN."""
+
+    name = "cdan"
+    needs_unlabelled_target = True
+    adversarial = True
+
+    def __init__(self, params: CDANParams) -> None:
+        self.params = params
+        self.parts: _CDANModules | None = None
+
+    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
+        self.parts = _CDANModules(model.fusion.output_dim, model.num_classes, self.params)
+
+    def modules(self) -> nn.Module | None:
+        return self.parts
+
+    def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
+        assert step.target_output is not None and self.parts is not None
+        weight = self.params.factor(step.progress)
+        coefficient = self.params.max_coefficient * dann_coefficient(step.progress, self.params.gamma)
+        features = torch.cat([step.source_output.features, step.target_output.features]).float()
+        logits = torch.cat([step.source_output.logits, step.target_output.logits]).float().detach()
+        probabilities = torch.softmax(logits, dim=1)
+        mapped = self.parts.multilinear(reverse_gradient(features, coefficient), probabilities)
+        domain_logits = self.parts.discriminator(mapped).squeeze(1).float()
+        source_size = step.source_output.features.shape[0]
+        domains = torch.cat([domain_logits.new_zeros(source_size),
+                             domain_logits.new_ones(domain_logits.shape[0] - source_size)])
+        losses = nn.functional.binary_cross_entropy_with_logits(domain_logits, domains, reduction="none")
+        if not self.params.entropy:
+            return {"domain": weight * losses.mean()}
+        certainty = 1.0 + torch.exp(-entropy(logits))
+        source_w, target_w = certainty[:source_size], certainty[source_size:]
+        sample_weights = torch.cat([source_w / source_w.sum(), target_w / target_w.sum()]) / 2.0
+        return {"domain": weight * (sample_weights * losses).sum()}
+
+
+def build_cdan(params: CDANParams) -> CDAN:
+    return CDAN(params)
+
+
+# -- MMD --------------------------------------------------------------------------------------------------------
+
+
+def mmd(source: torch.Tensor, target: torch.Tensor, kernel: str = "gaussian", kernels: int = 5,
+        multiplier: float = 2.0) -> torch.Tensor:
+    """Squared maximum mean discrepancy between two batches of features (biased estimate, >= 0, exactly 0 for
+    identical batches).
+
+    linear: ||mean(s) - mean(t)||^2. gaussian: mean k(s, s') + mean k(t, t') - 2 mean k(s, t) with
+    k(x, y) = sum_i exp(-||x - y||^2 / b_i), the bandwidths b_i = b * multiplier^(i - kernels // 2) spread
+    around b, the mean squared distance between the samples of both batches (as in DAN; Long et al., 2015).
+    """
+    source, target = source.float(), target.float()
+    if kernel == "linear":
+        return (source.mean(0) - target.mean(0)).pow(2).sum()
+    joint = torch.cat([source, target])
+    squares = joint.pow(2).sum(dim=1)
+    # ||x - y||^2 expanded (cdist's square root has no gradient at the zero diagonal)
+    distances = (squares[:, None] + squares[None, :] - 2.0 * joint @ joint.T).clamp(min=0)
+    n = joint.shape[0]
+    base = distances.detach().sum() / max(1, n * n - n)
+    base = base.clamp(min=torch.finfo(base.dtype).tiny)
+    k = sum(torch.exp(-distances / (base * multiplier ** (i - kernels // 2))) for i in range(kernels))
+    size = source.shape[0]
+    return k[:size, :size].mean() + k[size:, size:].mean() - 2.0 * k[:size, size:].mean()
+
+
+class MMD(Strategy):
+    """Matches the source and target distributions of fused features by MMD (DAN, Long et al., 2015)."""
+
+    name = "mmd"
+    needs_unlabelled_target = True
+
+    def __init__(self, params: MMDParams) -> None:
+        self.params = params
+
+    def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
+        assert step.target_output is not None
+        value = mmd(step.source_output.features, step.target_output.features, self.params.kernel,
+                    self.params.kernels, self.params.multiplier)
+        return {"mmd": self.params.factor(step.progress) * value}
+
+
+def build_mmd(params: MMDParams) -> MMD:
+    return MMD(params)
+
+
+# -- CORAL ------------------------------------------------------------------------------------------------------
+
+
+def covariance(features: torch.Tensor) -> torch.Tensor:
+    """C = (X^T X - (1^T X)^T (1^T X) / n) / (n - 1) for X of shape (n, d)."""
+    n = features.shape[0]
+    column_sums = features.sum(dim=0, keepdim=True)
+    return (features.T @ features - column_sums.T @ column_sums / n) / (n - 1)
+
+
+def coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Deep CORAL loss (Sun and Saenko, 2016): ||C_S - C_T||_F^2 / (4 d^2), with C the covariance above and d
+    the feature width."""
+    source, target = source.float(), target.float()
+    d = source.shape[1]
+    return (covariance(source) - covariance(target)).pow(2).sum() / (4.0 * d * d)
+
+
+class Coral(Strategy):
+    """Aligns the second-order statistics of source and target fused features (Deep CORAL)."""
+
+    name = "coral"
+    needs_unlabelled_target = True
+
+    def __init__(self, params: CoralParams) -> None:
+        self.params = params
+
+    def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
+        assert step.target_output is not None
+        value = coral(step.source_output.features, step.target_output.features)
+        return {"coral": self.params.factor(step.progress) * value}
+
+
+def build_coral(params: CoralParams) -> Coral:
+    return Coral(params)
+
+
+# -- entropy minimisation ---------------------------------------------------------------------------------------
+
+
+class EntropyMin(Strategy):
+    """Entropy minimisation on target predictions (Grandvalet and Bengio, 2005): pushes the decision boundary
+    away from dense target regions. With ``diversity`` > 0 the entropy of the batch's mean prediction is
+    subtracted (information maximisation), which keeps all predictions from collapsing onto one class."""
+
+    name = "entropy-min"
+    needs_unlabelled_target = True
+
+    def __init__(self, params: EntropyMinParams) -> None:
+        self.params = params
+
+    def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
+        assert step.target_output is not None
+        logits = step.target_output.logits.float()
+        loss = entropy(logits).mean()
+        if self.params.diversity > 0:
+            mean_probability = torch.softmax(logits, dim=1).mean(dim=0)
+            marginal = -(mean_probability * torch.log(mean_probability.clamp(min=1e-12))).sum()
+            loss = loss - self.params.diversity * marginal
+        return {"entropy": self.params.factor(step.progress) * loss}
+
+
+def build_entropy_min(params: EntropyMinParams) -> EntropyMin:
+    return EntropyMin(params)

@@ -1,0 +1,153 @@
+"""Parameter models of the adaptation strategies and validators, kept apart so that discovery stays light.
+
+Loss-adding strategies share :class:`WeightSchedule`: a weight that is zero during a warm-up and then ramps
+up to its full value. The factor is a pure function of training progress (the trainer's step count over the
+total), so a resumed run, which restores the step count, continues the schedule exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class WeightSchedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(1.0, ge=0.0, description="Weight of the loss term once the ramp is over.")
+    warmup: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of training during which the weight is 0.")
+    ramp: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of training, after the warm-up, over which "
+                                                         "the weight rises to its full value (0: at once).")
+    ramp_shape: Literal["linear", "sigmoid", "dann"] = Field(
+        "linear", description="linear; sigmoid: exp(-5 (1 - t)^2) (Laine and Aila, 2017); "
+                              "dann: 2 / (1 + exp(-10 t)) - 1 (Ganin et al., 2016).",
+    )
+
+    def factor(self, progress: float) -> float:
+        """The weight after ``progress`` (in [0, 1]) of training."""
+        if progress < self.warmup:
+            return 0.0
+        t = 1.0 if self.ramp == 0 else min(1.0, (progress - self.warmup) / self.ramp)
+        if self.ramp_shape == "sigmoid":
+            shaped = math.exp(-5.0 * (1.0 - t) ** 2)
+        elif self.ramp_shape == "dann":
+            shaped = 2.0 / (1.0 + math.exp(-10.0 * t)) - 1.0
+        else:
+            shaped = t
+        return self.weight * shaped
+
+
+# -- fine-tuning family ---------------------------------------------------------------------------------------
+
+
+class FreezeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    groups: list[str] = Field([], description="Layer groups to freeze, as patterns (fnmatch) of group names such "
+                                              "as 'encoders.image.block1' or 'encoders.*'.")
+    first: int = Field(0, ge=0, description="Also freeze the first (input-side) k groups of every encoder.")
+    freeze_batchnorm: bool = Field(True, description="Frozen groups run in eval mode, keeping their BatchNorm "
+                                                     "statistics (and switching off their dropout).")
+
+    @model_validator(mode="after")
+    def _something(self) -> FreezeParams:
+        if not self.groups and self.first == 0:
+            raise ValueError("say what to freeze: groups (patterns) and/or first (k input-side groups per encoder)")
+        return self
+
+
+class LPFTParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    probe_epochs: int = Field(1, ge=1, description="Epochs of linear probing before everything trains.")
+    probe_groups: list[str] = Field(["fusion", "head"], min_length=1,
+                                    description="Groups (patterns) that train during the probing phase.")
+    freeze_batchnorm: bool = Field(True, description="Frozen groups run in eval mode during probing.")
+
+
+class GradualUnfreezeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(1, ge=1, description="Open one more level of groups every this many epochs or steps.")
+    unit: Literal["epoch", "step"] = Field("epoch", description="Unit of 'every'.")
+    start: int = Field(1, ge=1, description="Levels open from the start (1: the head only).")
+    freeze_batchnorm: bool = Field(True, description="Groups still frozen run in eval mode.")
+
+
+class LayerwiseLRParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decay: float = Field(0.5, gt=0.0, le=1.0, description="Learning-rate factor per level below the head: the "
+                                                          "group d levels down trains at lr * decay^d.")
+
+
+# -- regularisers -----------------------------------------------------------------------------------------------
+
+
+class L2SPParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(0.01, ge=0.0, description="Weight of the pull toward the starting weights.")
+    beta: float = Field(0.01, ge=0.0, description="Weight of plain L2 on the other (new) layers.")
+    pretrained: list[str] = Field(["encoders.*"], description="Groups (patterns) pulled toward their start.")
+    disable_weight_decay: bool = Field(True, description="Set the optimizer's weight decay to 0 on the model's "
+                                                         "groups: decay toward zero would fight the pull.")
+
+
+class L2Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(1e-4, ge=0.0, description="lambda in lambda/2 * ||w||^2.")
+    groups: list[str] = Field(["*"], min_length=1, description="Groups (patterns) penalised.")
+
+
+# -- normalisation ----------------------------------------------------------------------------------------------
+
+
+class AdaBNParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_batches: int | None = Field(None, ge=1, description="Target batches used (default: all of them).")
+
+
+# -- alignment and self-training --------------------------------------------------------------------------------
+
+
+class CDANParams(WeightSchedule):
+    hidden: int = Field(256, ge=1, description="Width of the domain discriminator.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    entropy: bool = Field(False, description="CDAN+E: weight samples by 1 + exp(-entropy) of their predictions.")
+    gamma: float = Field(10.0, gt=0.0, description="Steepness of the reversal coefficient's warm-up.")
+    max_coefficient: float = Field(1.0, gt=0.0, description="Reversal coefficient reached at the end.")
+    max_multilinear_dim: int = Field(4096, ge=1, description="Above this features x classes size the "
+                                                             "randomized multilinear map is used.")
+    randomized_dim: int = Field(1024, ge=1, description="Output width of the randomized multilinear map.")
+
+
+class MMDParams(WeightSchedule):
+    kernel: Literal["gaussian", "linear"] = Field("gaussian", description="gaussian: multi-kernel (DAN); "
+                                                                          "linear: distance of the means.")
+    kernels: int = Field(5, ge=1, description="Number of Gaussian bandwidths.")
+    multiplier: float = Field(2.0, gt=1.0, description="Ratio between successive bandwidths.")
+
+
+class CoralParams(WeightSchedule):
+    pass
+
+
+class EntropyMinParams(WeightSchedule):
+    diversity: float = Field(0.0, ge=0.0, description="Weight of the entropy of the mean prediction, subtracted "
+                                                      "(> 0: information maximisation; guards against collapse).")
+
+
+class PseudoLabelParams(WeightSchedule):
+    threshold: float = Field(0.9, gt=0.0, lt=1.0, description="Confidence a target prediction needs to be used.")
+    ema: float | None = Field(None, gt=0.0, lt=1.0, description="Mean teacher: labels come from an exponential "
+                                                                "moving average of the model with this decay.")
+
+
+# -- validators -------------------------------------------------------------------------------------------------
+
+
+class TargetValidatorParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_batches: int | None = Field(None, ge=1, description="Unlabelled target batches scored (default: all).")
+
+
+class SNDParams(TargetValidatorParams):
+    temperature: float = Field(0.05, gt=0.0, description="Temperature of the neighbourhood softmax.")
+    max_samples: int = Field(2000, ge=2, description="Target samples compared (the similarity matrix is N x N).")

@@ -1,0 +1,369 @@
+"""Adaptation strategies, unit by unit: the formulas they implement and the groups they open, freeze and slow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from transmodal.builtin.adaptation.alignment import CDAN, coral, covariance, entropy, mmd
+from transmodal.builtin.adaptation.params import CDANParams, WeightSchedule
+from transmodal.builtin.strategies import dann_coefficient, reverse_gradient
+from transmodal.data import ModalitySpec
+from transmodal.errors import ConfigError
+from transmodal.model import ModelOutput, TransmodalModel
+from transmodal.plugins import get_plugins
+from transmodal.strategy import ParamGroup, StepData, TrainingContext
+
+
+def build_strategy(name: str, **params):
+    return get_plugins().get("strategy", name).build(**params)
+
+
+def image_model(channels: tuple[int, ...] = (4, 8), classes: int = 3) -> TransmodalModel:
+    plugins = get_plugins()
+    spec = ModalitySpec("image", "image", shape=(3, 8, 8))
+    encoder = plugins.get("encoder", "small-cnn").build(spec, channels=list(channels))
+    fusion = plugins.get("fusion", "concat").build({"image": encoder.out_dim}, hidden=6)
+    head = plugins.get("head", "linear").build(fusion.output_dim, classes)
+    return TransmodalModel({}, {"image": encoder}, fusion, head, classes)
+
+
+def two_modality_model() -> TransmodalModel:
+    plugins = get_plugins()
+    image = plugins.get("encoder", "small-cnn").build(ModalitySpec("image", "image", shape=(3, 8, 8)), channels=[4, 4])
+    vector = plugins.get("encoder", "mlp").build(ModalitySpec("x", "vector", shape=(5,)), hidden=[6, 6, 6])
+    fusion = plugins.get("fusion", "concat").build({"image": 4, "x": 6}, hidden=5)
+    head = plugins.get("head", "linear").build(fusion.output_dim, 2)
+    return TransmodalModel({}, {"image": image, "x": vector}, fusion, head, 2)
+
+
+def context(steps_per_epoch: int = 10, epochs: int = 3, target: bool = True) -> TrainingContext:
+    return TrainingContext(num_classes=3, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * epochs,
+                           device=torch.device("cpu"), has_unlabelled_target=target)
+
+
+def trainable_groups(model: TransmodalModel) -> list[str]:
+    return [name for name, module in model.layer_groups() if all(p.requires_grad for p in module.parameters())]
+
+
+# -- formulas -----------------------------------------------------------------------------------------------------
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    out = reverse_gradient(x, 0.3)
+    assert torch.equal(out, x)
+    upstream = torch.randn(4, 3)
+    out.backward(upstream)
+    assert torch.allclose(x.grad, -0.3 * upstream)
+
+
+def test_mmd_is_zero_for_identical_batches_and_grows_with_a_mean_shift():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(64, 5, generator=generator)
+    for kernel in ("gaussian", "linear"):
+        assert mmd(source, source.clone(), kernel).abs() < 1e-6
+        values = [float(mmd(source, source + shift, kernel)) for shift in (0.25, 0.5, 1.0, 2.0)]
+        assert values == sorted(values) and values[0] > 1e-4
+    # linear MMD is exactly the squared distance of the means
+    assert torch.isclose(mmd(source, source + 0.5, "linear"), torch.tensor(5 * 0.25))
+
+
+def test_coral_matches_its_formula_on_a_hand_computed_example():
+    source = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])
+    target = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    # Source: column means (2, 1); centred rows (-1,-1), (1,-1), (0,2); C_S = [[2, 0], [0, 6]] / 2 = [[1, 0], [0, 3]].
+    assert torch.allclose(covariance(source), torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+    # Target: centred rows (0,-1), (0,1); C_T = [[0, 0], [0, 2]] / 1.
+    assert torch.allclose(covariance(target), torch.tensor([[0.0, 0.0], [0.0, 2.0]]))
+    # ||C_S - C_T||_F^2 = 1 + 1 = 2; / (4 * d^2) with d = 2 gives 1/8.
+    assert torch.isclose(coral(source, target), torch.tensor(0.125))
+
+
+def test_entropy_of_uniform_and_certain_predictions():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]])
+    values = entropy(logits)
+    assert torch.isclose(values[0], torch.log(torch.tensor(4.0))) and values[1] < 1e-6
+
+
+def test_weight_schedule_warms_up_then_ramps():
+    schedule = WeightSchedule(weight=2.0, warmup=0.2, ramp=0.4)
+    assert schedule.factor(0.0) == schedule.factor(0.19) == 0.0
+    assert schedule.factor(0.4) == pytest.approx(1.0)  # halfway up the linear ramp
+    assert schedule.factor(0.61) == schedule.factor(1.0) == 2.0
+    sigmoid = WeightSchedule(weight=1.0, ramp=1.0, ramp_shape="sigmoid")
+    assert sigmoid.factor(0.0) == pytest.approx(torch.exp(torch.tensor(-5.0)).item())
+    assert sigmoid.factor(0.5) < 0.5 < sigmoid.factor(0.9) and sigmoid.factor(1.0) == 1.0
+
+
+def test_l2_sp_is_zero_at_the_start_and_its_gradient_points_to_the_starting_weights():
+    model = image_model()
+    strategy = build_strategy("l2-sp", alpha=1.0, beta=0.0)
+    strategy.check(model, [strategy])
+    strategy.setup(model, context())
+    step = StepData(model=model, source={}, source_output=None, step=0, progress=0.0)
+    assert float(strategy.loss_terms(step)["sp"].detach()) == 0.0
+
+    encoder_params = list(model.encoders.parameters())
+    start = [p.detach().clone() for p in encoder_params]
+    with torch.no_grad():
+        for p in encoder_params:
+            p.add_(torch.randn_like(p))
+    model.zero_grad()
+    loss = strategy.loss_terms(step)["sp"]
+    expected = 0.5 * sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(encoder_params, start))
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    for p, s in zip(encoder_params, start):
+        assert torch.allclose(p.grad, p.detach() - s, atol=1e-6)  # a descent step moves p toward s
+    assert all(p.grad is None for p in model.head.parameters())  # beta = 0: new layers untouched
+
+
+def test_l2_sp_puts_plain_l2_on_new_layers_and_switches_weight_decay_off():
+    model = image_model()
+    strategy = build_strategy("l2-sp", alpha=0.0, beta=2.0)
+    strategy.setup(model, context())
+    step = StepData(model=model, source={}, source_output=None, step=0, progress=0.0)
+    new = list(model.fusion.parameters()) + list(model.head.parameters())
+    assert float(strategy.loss_terms(step)["l2"].detach()) == pytest.approx(sum(float(p.detach().pow(2).sum()) for p in new), rel=1e-5)
+    groups = strategy.configure_param_groups([ParamGroup("head", []), ParamGroup("strategy.dann", [])])
+    assert groups[0].weight_decay == 0.0 and groups[1].weight_decay is None
+
+
+def test_l2_sp_state_restores_the_starting_point():
+    model = image_model()
+    first = build_strategy("l2-sp")
+    first.setup(model, context())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    second = build_strategy("l2-sp")
+    second.setup(model, context())  # a resumed run rebuilds from the current (moved) weights ...
+    second.load_state_dict(first.state_dict())  # ... and gets the original start back
+    step = StepData(model=model, source={}, source_output=None, step=0, progress=0.0)
+    assert torch.equal(second.loss_terms(step)["sp"], first.loss_terms(step)["sp"])
+
+
+def test_cdan_conditions_on_predictions_and_reverses_the_gradient():
+    model = image_model(classes=3)
+    features = torch.randn(8, 6, requires_grad=True)
+    logits = torch.randn(8, 3)
+    domains = torch.tensor([0.0] * 4 + [1.0] * 4)
+    for params, randomized in ((CDANParams(), False), (CDANParams(max_multilinear_dim=10, randomized_dim=16), True)):
+        strategy = CDAN(params)
+        strategy.setup(model, context())
+        assert strategy.parts.randomized is randomized
+        probabilities = torch.softmax(logits, 1)
+        mapped = strategy.parts.multilinear(features, probabilities)
+        assert mapped.shape == (8, 16 if randomized else 18)
+        if not randomized:  # the multilinear map is the flattened outer product g f^T
+            assert torch.allclose(mapped[0].view(3, 6), probabilities[0, :, None] * features[0, None, :])
+        plain = nn.functional.binary_cross_entropy_with_logits(strategy.parts.discriminator(mapped).squeeze(1), domains)
+        (plain_grad,) = torch.autograd.grad(plain, features)
+
+        step = StepData(model=model, source={}, source_output=ModelOutput(logits[:4], features[:4]), step=5,
+                        progress=0.5, target={}, target_output=ModelOutput(logits[4:], features[4:]))
+        features.grad = None
+        strategy.loss_terms(step)["domain"].backward()
+        coefficient = dann_coefficient(0.5, params.gamma)
+        assert torch.allclose(features.grad, -coefficient * plain_grad, atol=1e-6)
+        assert all(p.grad.abs().sum() > 0 for p in strategy.parts.discriminator.parameters())
+
+
+def test_cdan_entropy_weights_each_domain_to_half_the_loss():
+    model = image_model(classes=3)
+    strategy = CDAN(CDANParams(entropy=True))
+    strategy.setup(model, context())
+    features, logits = torch.randn(6, 6), torch.randn(6, 3) * 5
+    step = StepData(model=model, source={}, source_output=ModelOutput(logits[:2], features[:2]), step=0,
+                    progress=1.0, target={}, target_output=ModelOutput(logits[2:], features[2:]))
+    value = strategy.loss_terms(step)["domain"]
+    mapped = strategy.parts.multilinear(features, torch.softmax(logits, 1))
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        strategy.parts.discriminator(mapped).squeeze(1), torch.tensor([0.0, 0, 1, 1, 1, 1]), reduction="none")
+    w = 1 + torch.exp(-entropy(logits))
+    expected = 0.5 * (losses[:2] * w[:2]).sum() / w[:2].sum() + 0.5 * (losses[2:] * w[2:]).sum() / w[2:].sum()
+    assert torch.isclose(value, expected)
+
+
+def test_pseudo_labels_only_confident_target_predictions():
+    model = image_model(classes=3)
+    strategy = build_strategy("pseudo-label", threshold=0.9)
+    strategy.setup(model, context())
+    target_logits = torch.tensor([[10.0, 0.0, 0.0], [0.1, 0.0, 0.0]], requires_grad=True)
+    step = StepData(model=model, source={}, source_output=None, step=0, progress=1.0, target={},
+                    target_output=ModelOutput(target_logits, torch.zeros(2, 6)))
+    loss = strategy.loss_terms(step)["pseudo"]
+    expected = nn.functional.cross_entropy(target_logits[:1], torch.tensor([0])) / 2  # one of two samples
+    assert torch.isclose(loss, expected)
+
+
+def test_mean_teacher_follows_the_model_by_ema():
+    model = image_model()
+    strategy = build_strategy("pseudo-label", ema=0.75)
+    strategy.setup(model, context())
+    teacher = strategy._teacher()
+    before = [p.clone() for p in teacher.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    strategy.on_step_end(1)
+    for old, new, student in zip(before, teacher.parameters(), model.parameters()):
+        assert torch.allclose(new, 0.75 * old + 0.25 * student)
+        assert not new.requires_grad
+
+
+# -- AdaBN ----------------------------------------------------------------------------------------------------------
+
+
+def _bn_inputs_exact(model: TransmodalModel, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Direct computation: run the CNN by hand over all images at once, each BatchNorm normalising by the
+    exact statistics of its input, and return each BatchNorm's input mean and unbiased variance."""
+    stats = []
+    x = images
+    for block in model.encoders["image"].blocks:
+        for layer in block:
+            if isinstance(layer, nn.BatchNorm2d):
+                mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)
+                stats.append((mean, var))
+                biased = x.var((0, 2, 3), unbiased=False)
+                x = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(biased.view(1, -1, 1, 1) + layer.eps)
+                x = x * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
+            else:
+                x = layer(x)
+    return stats
+
+
+def test_adabn_sets_batchnorm_statistics_to_the_target_datas_own_and_restores_them():
+    torch.manual_seed(0)
+    model = image_model().eval()
+    strategy = build_strategy("adabn")
+    strategy.check(model, [strategy])
+    strategy.setup(model, context())
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    source_stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    target = torch.rand(48, 3, 8, 8) * 3 + 1  # far from the fresh layers' (0, 1) statistics
+
+    with torch.inference_mode():  # as the trainer evaluates
+        strategy.before_evaluate(model, [{"image": target}])
+    assert not model.training and not any(bn.training for bn in bns)
+    with torch.no_grad():
+        exact = _bn_inputs_exact(model, target)
+    for bn, (mean, var) in zip(bns, exact):
+        assert torch.allclose(bn.running_mean, mean, atol=1e-4) and torch.allclose(bn.running_var, var, rtol=1e-3)
+
+    # In several batches, the first BatchNorm's statistics are still exactly those of all target samples.
+    with torch.inference_mode():
+        strategy.before_evaluate(model, [{"image": chunk} for chunk in target.split(16)])
+    assert torch.allclose(bns[0].running_mean, exact[0][0], atol=1e-4)
+    assert torch.allclose(bns[0].running_var, exact[0][1], rtol=1e-3)
+
+    strategy.after_evaluate(model)
+    for bn, (mean, var) in zip(bns, source_stats):
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+
+
+def test_adabn_is_rejected_without_batchnorm_or_target_data():
+    plugins = get_plugins()
+    encoder = plugins.get("encoder", "mlp").build(ModalitySpec("x", "vector", shape=(4,)))
+    fusion = plugins.get("fusion", "concat").build({"x": encoder.out_dim})
+    model = TransmodalModel({}, {"x": encoder}, fusion, plugins.get("head", "linear").build(encoder.out_dim, 2), 2)
+    strategy = build_strategy("adabn")
+    with pytest.raises(ConfigError, match="no BatchNorm"):
+        strategy.check(model, [strategy])
+    with pytest.raises(ConfigError, match="unlabelled target data"):
+        strategy.setup(image_model(), context(target=False))
+
+
+# -- the fine-tuning family -----------------------------------------------------------------------------------------
+
+
+def test_gradual_unfreezing_opens_the_groups_in_order():
+    model = two_modality_model()
+    strategy = build_strategy("gradual-unfreeze", every=2, unit="step")
+    strategy.check(model, [strategy])
+    strategy.setup(model, context())
+    opened = [trainable_groups(model)]
+    for step in range(1, 9):
+        strategy.on_step_end(step)
+        if trainable_groups(model) != opened[-1]:
+            opened.append(trainable_groups(model))
+    # Levels from the top: head; fusion; each encoder's last group; then the groups below, modalities together.
+    assert opened == [
+        ["head"],
+        ["fusion", "head"],
+        ["encoders.image.block2", "encoders.x.layer3", "fusion", "head"],
+        ["encoders.image.block1", "encoders.image.block2", "encoders.x.layer2", "encoders.x.layer3", "fusion", "head"],
+        [name for name, _ in model.layer_groups()],
+    ]
+    # Still-frozen groups run in eval mode (their BatchNorm statistics stay), opened ones train.
+    fresh = build_strategy("gradual-unfreeze", every=2, unit="step")
+    fresh.setup(model, context())
+    model.train()
+    fresh.on_epoch_start(0)
+    assert not model.encoders["image"].blocks[0].training and model.head.training
+
+
+def test_gradual_unfreezing_by_epoch_and_after_a_resume():
+    model = two_modality_model()
+    strategy = build_strategy("gradual-unfreeze", every=1, unit="epoch", start=2)
+    strategy.setup(model, context(steps_per_epoch=10))
+    assert trainable_groups(model) == ["fusion", "head"]
+    for step in range(1, 11):
+        strategy.on_step_end(step)
+    assert "encoders.x.layer3" in trainable_groups(model)
+    state = strategy.state_dict()
+
+    resumed_model = two_modality_model()
+    resumed = build_strategy("gradual-unfreeze", every=1, unit="epoch", start=2)
+    resumed.setup(resumed_model, context(steps_per_epoch=10))
+    resumed.load_state_dict(state)
+    assert trainable_groups(resumed_model) == trainable_groups(model)
+
+
+def test_freeze_by_pattern_and_first_groups():
+    model = two_modality_model()
+    strategy = build_strategy("freeze", groups=["encoders.x.*"], first=1)
+    strategy.check(model, [strategy])
+    strategy.setup(model, context())
+    frozen = {name for name, _ in model.layer_groups()} - set(trainable_groups(model))
+    assert frozen == {"encoders.image.block1", "encoders.x.layer1", "encoders.x.layer2", "encoders.x.layer3"}
+    with pytest.raises(ConfigError, match="no layer group matches 'encoders.text.*'.*encoders.image.block1"):
+        build_strategy("freeze", groups=["encoders.text.*"]).check(model, [])
+
+
+def test_lp_ft_probes_then_fine_tunes():
+    model = two_modality_model()
+    strategy = build_strategy("lp-ft", probe_epochs=2)
+    strategy.check(model, [strategy])
+    strategy.setup(model, context(epochs=4))
+    assert trainable_groups(model) == ["fusion", "head"]
+    model.train()
+    strategy.on_epoch_start(1)
+    assert trainable_groups(model) == ["fusion", "head"] and not model.encoders["image"].blocks[1].training
+    strategy.on_epoch_start(2)
+    assert trainable_groups(model) == [name for name, _ in model.layer_groups()]
+    with pytest.raises(ConfigError, match="probe_epochs=2 leaves none of the 2 epochs"):
+        build_strategy("lp-ft", probe_epochs=2).setup(two_modality_model(), context(epochs=2))
+
+
+def test_layerwise_lr_decays_level_by_level_from_the_head():
+    model = two_modality_model()
+    strategy = build_strategy("layerwise-lr", decay=0.5)
+    strategy.setup(model, context())
+    groups = [ParamGroup(name, [], lr_scale=1.0) for name, _ in model.layer_groups()]
+    groups.append(ParamGroup("strategy.cdan", []))
+    scales = {g.name: g.lr_scale for g in strategy.configure_param_groups(groups)}
+    assert scales == {
+        "encoders.image.block1": 0.125, "encoders.image.block2": 0.25,
+        "encoders.x.layer1": 0.0625, "encoders.x.layer2": 0.125, "encoders.x.layer3": 0.25,
+        "fusion": 0.5, "head": 1.0, "strategy.cdan": 1.0,
+    }
+
+
+def test_two_strategies_that_both_decide_what_trains_are_rejected():
+    model = two_modality_model()
+    strategies = [build_strategy("lp-ft"), build_strategy("gradual-unfreeze")]
+    with pytest.raises(ConfigError, match="lp-ft and gradual-unfreeze both decide which parameters train"):
+        strategies[0].check(model, strategies)
