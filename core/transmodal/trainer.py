@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from transmodal.checkpoint import load_checkpoint, save_checkpoint
+from transmodal.checkpoint import save_checkpoint
 from transmodal.data import PAD_ID, Batch, move_batch
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import Assembled
