@@ -112,6 +112,17 @@ def test_component_parameter_errors_carry_the_full_path():
     assert "adaptation.0.weight: Input should be greater than or equal to 0 (got -1)" in message
 
 
+def test_switching_a_component_by_name_says_how_to_drop_the_old_parameters(tmp_path: Path):
+    path = write(tmp_path, "model:\n  fusion: {name: concat, hidden: 64}\n")
+    with pytest.raises(ConfigError) as raised:
+        validate_components(load_experiment(path, ["model.fusion.name=mean"]), get_plugins())
+    message = str(raised.value)
+    assert "model.fusion.hidden: unknown key." in message
+    assert "--set 'model.fusion={name: mean}'" in message
+    experiment = load_experiment(path, ["model.fusion={name: mean}"])  # the advice, followed, validates
+    assert validate_components(experiment, get_plugins())["model.fusion"].component.name == "mean"
+
+
 def test_missing_and_malformed_files(tmp_path: Path):
     with pytest.raises(ConfigError, match="Config file not found"):
         load_experiment(tmp_path / "nope.yaml")

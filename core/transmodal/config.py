@@ -250,8 +250,13 @@ def validate_components(experiment: Experiment, plugins: Any) -> dict[str, Resol
         try:
             params = component.params.model_validate(spec.params)
         except ValidationError as error:
-            problems.append(format_validation_error(error, f"{path} ({component.kind} '{spec.name}')",
-                                                    component.params, prefix=path))
+            message = format_validation_error(error, f"{path} ({component.kind} '{spec.name}')",
+                                              component.params, prefix=path)
+            if any(item["type"] == "extra_forbidden" for item in error.errors()):
+                # Often another component's parameters, left behind by `--set path.name=...`.
+                message += (f"\n  To swap in a component with its own defaults, replace the whole entry: "
+                            f"--set '{path}={{name: {spec.name}}}'")
+            problems.append(message)
             continue
         resolved[path] = ResolvedComponent(path, component, params)
     if problems:
