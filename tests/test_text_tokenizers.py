@@ -78,6 +78,16 @@ def test_ids_are_padded_at_the_end_truncated_and_unknown_words_map_to_unk(plugin
     assert tokenizer.encode_batch(["great movie"]).shape == (1, 2)
 
 
+@pytest.mark.parametrize("name", ["hf-word", "bpe", "wordpiece"])
+def test_special_token_text_inside_a_review_never_becomes_padding(plugins: Plugins, name: str) -> None:
+    tokenizer = fit(plugins, name)
+    ids = tokenizer.encode_batch(["great <pad> movie <unk>", "great movie"])
+    assert (ids[0] != PAD_ID).all(), "a literal <pad> must not end the text early for the encoders"
+    assert ids[0].tolist()[0] == ids[1].tolist()[0]
+    restored = restore(plugins, name, tokenizer.state())
+    assert torch.equal(restored.encode_batch(["great <pad> movie <unk>"]), ids[:1])
+
+
 def test_vocabulary_size_and_minimum_frequency(plugins: Plugins) -> None:
     tokenizer = fit(plugins, "hf-word", min_freq=2)
     vocabulary = tokenizer.vocabulary()

@@ -45,7 +45,8 @@ class HFTokenizer:
     """A ``tokenizers.Tokenizer`` behind the transmodal tokenizer contract.
 
     ``offset`` shifts every id by one for pretrained files whose padding token is not id 0, so that 0
-    always means padding (the encoders derive lengths from it).
+    always means padding (the encoders derive lengths from it). For the same reason the text of a special token
+    ("<pad>", "[PAD]") inside a text is ordinary text, tokenized like any other: data never becomes padding.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class HFTokenizer:
         strip_html: bool,
         offset: int = 0,
         add_special_tokens: bool = False,
+        literal_special_tokens: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -63,6 +65,8 @@ class HFTokenizer:
         self.strip_html = strip_html
         self.offset = offset
         self.add_special_tokens = add_special_tokens
+        self.literal_special_tokens = literal_special_tokens
+        tokenizer.encode_special_tokens = literal_special_tokens
         tokenizer.no_padding()  # padding is done below on whole arrays, not token by token
         tokenizer.enable_truncation(max_length)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True) + offset
@@ -115,6 +119,7 @@ class HFTokenizer:
             "strip_html": self.strip_html,
             "offset": self.offset,
             "add_special_tokens": self.add_special_tokens,
+            "literal_special_tokens": self.literal_special_tokens,
         })
 
     @classmethod
@@ -125,7 +130,8 @@ class HFTokenizer:
                 raise ValueError(f"state format {saved.get('format')!r}, expected {STATE_FORMAT}")
             tokenizer = Tokenizer.from_str(saved["tokenizer"])
             return cls(tokenizer, saved["max_length"], saved["lowercase"], saved["strip_html"], saved["offset"],
-                       saved["add_special_tokens"])
+                       saved["add_special_tokens"],
+                       saved.get("literal_special_tokens", False))  # runs saved before it existed matched them
         except Exception as error:  # noqa: BLE001 - malformed JSON, missing keys, or the library's bare Exception
             raise CheckpointError(
                 f"saved tokenizer state cannot be restored ({type(error).__name__}: {error}); was the run made "

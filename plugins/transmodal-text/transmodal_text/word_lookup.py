@@ -11,8 +11,8 @@ to ids, so the cost per token is a few array operations.
 Exact for tokens of up to 16 bytes (the keys are the bytes themselves, zero-padded); a longer token keeps its
 first 8 bytes exact and the rest as a 64-bit hash. ``encodable`` says which texts this matches byte for byte;
 the caller leaves the others to the library: texts with a non-ASCII character (the library's ``\\w`` is
-Unicode's), a NUL byte (zero-padding must not be ambiguous), or the text of an added token such as ``<unk>``
-(the library matches those before pre-tokenizing).
+Unicode's), a NUL byte (zero-padding must not be ambiguous), or the text of an added token that the library
+matches before pre-tokenizing.
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ def word_lookup_for(tokenizer: Tokenizer, offset: int = 0) -> WordLookup | None:
     vocabulary = model.get("vocab") or {}
     if model.get("unk_token") not in vocabulary:
         return None
-    added = [token.content for token in tokenizer.get_added_tokens_decoder().values()]
+    added = [token.content for token in tokenizer.get_added_tokens_decoder().values()  # the library matches these
+             if not (token.special and tokenizer.encode_special_tokens)]
     return WordLookup({word: index + offset for word, index in vocabulary.items()},
                       vocabulary[model["unk_token"]] + offset, added)
