@@ -106,9 +106,11 @@ def test_adapter_configs_that_cannot_work_are_rejected(plugins):
         plugins.get("strategy", "ia3").build(target_modules=["encoders.image.blocks.0.1"]).check(model, [])
     with pytest.raises(ConfigError, match="lie in a group that trains fully"):
         plugins.get("strategy", "lora").build(target_modules=["*"]).check(model, [])
-    lora, lp_ft = plugins.get("strategy", "lora").build(), plugins.get("strategy", "lp-ft").build()
+
+
+def test_adapters_and_a_freezing_strategy_are_not_combined(tiny):
     with pytest.raises(ConfigError, match="lora and lp-ft both decide which parameters train"):
-        lora.check(model, [lora, lp_ft])
+        assemble(tiny("adaptation=[{name: lora}, {name: lp-ft}]"))  # the installed plugins, as a run has them
 
 
 def test_the_command_line_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

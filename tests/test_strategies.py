@@ -11,6 +11,7 @@ from transmodal.builtin.adaptation.params import CDANParams, WeightSchedule
 from transmodal.builtin.strategies import dann_coefficient, reverse_gradient
 from transmodal.data import ModalitySpec
 from transmodal.errors import ConfigError
+from transmodal.experiment import assemble
 from transmodal.model import ModelOutput, TransmodalModel
 from transmodal.plugins import get_plugins
 from transmodal.strategy import ParamGroup, StepData, TrainingContext
@@ -362,8 +363,11 @@ def test_layerwise_lr_decays_level_by_level_from_the_head():
     }
 
 
-def test_two_strategies_that_both_decide_what_trains_are_rejected():
-    model = two_modality_model()
-    strategies = [build_strategy("lp-ft"), build_strategy("gradual-unfreeze")]
-    with pytest.raises(ConfigError, match="lp-ft and gradual-unfreeze both decide which parameters train"):
-        strategies[0].check(model, strategies)
+@pytest.mark.parametrize(("adaptation", "message"), [
+    ("[{name: lp-ft}, {name: gradual-unfreeze}]", "lp-ft and gradual-unfreeze both decide which parameters train"),
+    ("[{name: linear-probe}, {name: freeze, first: 1}]", "linear-probe and freeze both decide which parameters train"),
+    ("[{name: dann}, {name: cdan}]", "dann and cdan are both adversarial"),
+])
+def test_strategies_that_would_overrule_each_other_are_rejected(tiny, adaptation: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        assemble(tiny(f"adaptation={adaptation}"))

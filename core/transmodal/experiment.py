@@ -157,6 +157,11 @@ def build_strategies(
             f"adaptation: {' and '.join(adversarial)} are both adversarial; two domain discriminators pulling on "
             f"the same features cannot be combined. Keep one."
         )
+    freezers = list(dict.fromkeys(spec.name for spec, s in zip(experiment.adaptation, strategies)
+                                  if s.decides_trainable))
+    if len(freezers) > 1:
+        raise ConfigError(f"adaptation: {' and '.join(freezers)} both decide which parameters train and would "
+                          f"overrule each other; keep one of them.")
     for strategy in strategies:
         strategy.check(model, strategies)
     return strategies

@@ -66,6 +66,7 @@ class Strategy:
     name: str = "strategy"
     needs_unlabelled_target: bool = False
     adversarial: bool = False  # trains against a domain discriminator; two at once cannot be combined
+    decides_trainable: bool = False  # sets which parameters train (freezing); two such strategies would overrule
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
         pass

@@ -42,6 +42,7 @@ class LinearProbe(Strategy):
     """Encoders frozen, BatchNorm statistics included; only fusion and head train."""
 
     name = "linear-probe"
+    decides_trainable = True
 
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
         self.encoders = model.encoders

@@ -20,7 +20,7 @@ import yaml
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from transmodal.builtin.adaptation.groups import decides_trainable, match_groups
+from transmodal.builtin.adaptation.groups import match_groups
 from transmodal.checkpoint import load_checkpoint, save_checkpoint
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import assemble
@@ -95,10 +95,6 @@ class AdapterStrategy(Strategy):
         return match_groups(model, self.params.train, f"{self.name}.train") if self.params.train else []
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
-        others = [s.name for s in strategies if s is not self and decides_trainable(s)]
-        if others:
-            raise ConfigError(f"adaptation: {self.name} and {', '.join(others)} both decide which parameters train "
-                              f"(adapters keep every base weight frozen); keep one of them.")
         targets = self.resolve_targets(model)
         prefixes = self._module_names(model, self._train_groups(model))
         overlap = [t for t in targets if any(t == p or t.startswith(p + ".") for p in prefixes)]

@@ -14,7 +14,6 @@ from transmodal.builtin.adaptation.groups import (
     first_encoder_groups,
     group_levels,
     match_groups,
-    reject_second_freezer,
     set_trainable,
 )
 from transmodal.builtin.adaptation.params import (
@@ -45,7 +44,6 @@ class Freeze(Strategy):
         return chosen
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
-        reject_second_freezer(self, strategies)
         self._chosen(model)
 
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
@@ -76,7 +74,6 @@ class LPFT(Strategy):
         self.others: list[nn.Module] = []
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
-        reject_second_freezer(self, strategies)
         match_groups(model, self.params.probe_groups, "lp-ft.probe_groups")
 
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
@@ -111,9 +108,6 @@ class GradualUnfreeze(Strategy):
         self.levels: list[list[nn.Module]] = []
         self.interval = 1
         self.step = 0
-
-    def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
-        reject_second_freezer(self, strategies)
 
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
         levels = group_levels(model)

@@ -14,7 +14,6 @@ from torch import nn
 
 from transmodal.errors import ConfigError
 from transmodal.model import TransmodalModel
-from transmodal.strategy import Strategy
 
 
 def group_levels(model: TransmodalModel) -> dict[str, int]:
@@ -53,16 +52,3 @@ def set_trainable(module: nn.Module, trainable: bool, freeze_batchnorm: bool) ->
         parameter.requires_grad_(trainable)
     if freeze_batchnorm:
         module.train(trainable)
-
-
-def decides_trainable(strategy: Strategy) -> bool:
-    """Whether a strategy sets which parameters train (the core's linear-probe predates the attribute)."""
-    return getattr(strategy, "decides_trainable", False) or strategy.name == "linear-probe"
-
-
-def reject_second_freezer(strategy: Strategy, strategies: list[Strategy]) -> None:
-    """Two different strategies that each decide which parameters train would overrule each other."""
-    others = [s.name for s in strategies if s.name != strategy.name and decides_trainable(s)]
-    if others:
-        raise ConfigError(f"adaptation: {strategy.name} and {', '.join(others)} both decide which parameters train "
-                          f"and would overrule each other; keep one of them.")
