@@ -1,16 +1,17 @@
 """Compare the fusion operators on synthetic-shapes: accuracy over seeds (source validation and target test),
 parameter count, and target-test accuracy with the caption missing.
 
-Each operator (every registered fusion, with its default parameters) replaces the fusion of the default
-experiment (image + caption, DANN) and trains once per seed; the two single-modality models give the bar
+Each operator (every registered fusion, with its default parameters) replaces the fusion of the base experiment
+(by default examples/shapes_fused.yaml: image + caption, fine-tuning, so that the operators are compared
+without an adaptation method in the way) and trains once per seed; the two single-modality models give the bar
 that fusion must clear. The accuracy is that of the checkpoint the run's validator selected (source
 validation by default, never the target labels); "no caption" evaluates that checkpoint with the text absent
 from every sample (``transmodal evaluate RUN_DIR --drop-modality text``).
 
-    python examples/fusion_table.py                                   # the README's table
+    python examples/fusion_table.py --set trainer.num_threads=1       # the README's table
     python examples/fusion_table.py --set trainer.epochs=3 --set data.dataset.train_size=2000 --seeds 0
     python examples/fusion_table.py --operators concat film --set model.modality_dropout=0.3
-    python examples/fusion_table.py --config examples/shapes_fused.yaml     # fine-tuning instead of DANN
+    python examples/fusion_table.py --config examples/shapes_fused_dann.yaml   # with DANN (the default experiment)
     python examples/fusion_table.py --jobs 6 --set trainer.num_threads=2    # six runs at a time (one GPU)
 
 Prints a Markdown table, then one JSON object with every run's numbers on the last line.
@@ -33,15 +34,15 @@ from typing import Any
 
 import transmodal
 from transmodal.checkpoint import load_checkpoint
-from transmodal.config import apply_overrides, default_experiment_dict, load_yaml, parse_experiment
+from transmodal.config import apply_overrides, load_yaml, parse_experiment
 from transmodal.plugins import get_plugins
 from transmodal.run import evaluate_run
 
 SINGLE = {"image only": "image", "text only": "text"}
 
 
-def base_experiment(config: Path | None, overrides: list[str]) -> dict[str, Any]:
-    raw = load_yaml(config) if config is not None else default_experiment_dict()
+def base_experiment(config: Path, overrides: list[str]) -> dict[str, Any]:
+    raw = load_yaml(config)
     raw.setdefault("data", {}).setdefault("dataset", {"name": "synthetic-shapes"})
     return apply_overrides(raw, list(overrides))
 
@@ -122,7 +123,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--operators", nargs="+", help="fusion names (default: every registered fusion)")
     parser.add_argument("--no-single", action="store_true", help="skip the image-only and text-only rows")
-    parser.add_argument("--config", type=Path, help="base experiment YAML (default: the default experiment)")
+    parser.add_argument("--config", type=Path, default=Path(__file__).parent / "shapes_fused.yaml",
+                        help="base experiment YAML (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                         help="override the base experiment, as in transmodal train (repeatable)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -143,7 +145,7 @@ def main() -> None:
                   f"in {result['seconds']} s", file=sys.stderr, flush=True)
     print(table(results, rows))
     print(json.dumps({
-        "config": str(args.config or "default"), "overrides": args.overrides, "seeds": args.seeds, "runs": results,
+        "config": str(args.config), "overrides": args.overrides, "seeds": args.seeds, "runs": results,
     }))
 
 
