@@ -139,14 +139,20 @@ class HFTokenizer:
             ) from None
 
 
-def _fit(
+def _fit_or_restore(
     model: models.Model,
-    trainer: trainers.Trainer,
+    trainer_class: type[trainers.Trainer],
     params: WordTokenizerParams | SubwordTokenizerParams,
     texts: list[str],
+    state: str | None,
 ) -> HFTokenizer:
+    """Restore a saved tokenizer, or train ``model`` on the training texts (``<pad>`` = 0, ``<unk>`` = 1)."""
+    if state is not None:
+        return HFTokenizer.from_state(state)
     if not texts:
         raise ConfigError("data.tokenizer: there are no training texts to fit the tokenizer on")
+    trainer = trainer_class(vocab_size=params.vocab_size, min_frequency=params.min_freq,
+                            special_tokens=[PAD_TOKEN, UNK_TOKEN], show_progress=False)
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = _pre_tokenizer()
     untrained = HFTokenizer(tokenizer, params.max_length, params.lowercase, params.strip_html)
@@ -157,35 +163,19 @@ def _fit(
 
 
 def build_word(params: WordTokenizerParams, training_texts: list[str], state: str | None = None) -> HFTokenizer:
-    if state is not None:
-        return HFTokenizer.from_state(state)
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=params.vocab_size, min_frequency=params.min_freq, special_tokens=[PAD_TOKEN, UNK_TOKEN],
-        show_progress=False,
-    )
-    return _fit(models.WordLevel(unk_token=UNK_TOKEN), trainer, params, training_texts)
+    return _fit_or_restore(models.WordLevel(unk_token=UNK_TOKEN), trainers.WordLevelTrainer, params,
+                           training_texts, state)
 
 
 def build_bpe(params: SubwordTokenizerParams, training_texts: list[str], state: str | None = None) -> HFTokenizer:
-    if state is not None:
-        return HFTokenizer.from_state(state)
-    trainer = trainers.BpeTrainer(
-        vocab_size=params.vocab_size, min_frequency=params.min_freq, special_tokens=[PAD_TOKEN, UNK_TOKEN],
-        show_progress=False,
-    )
-    return _fit(models.BPE(unk_token=UNK_TOKEN), trainer, params, training_texts)
+    return _fit_or_restore(models.BPE(unk_token=UNK_TOKEN), trainers.BpeTrainer, params, training_texts, state)
 
 
 def build_wordpiece(
     params: SubwordTokenizerParams, training_texts: list[str], state: str | None = None
 ) -> HFTokenizer:
-    if state is not None:
-        return HFTokenizer.from_state(state)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=params.vocab_size, min_frequency=params.min_freq, special_tokens=[PAD_TOKEN, UNK_TOKEN],
-        show_progress=False,
-    )
-    return _fit(models.WordPiece(unk_token=UNK_TOKEN), trainer, params, training_texts)
+    return _fit_or_restore(models.WordPiece(unk_token=UNK_TOKEN), trainers.WordPieceTrainer, params,
+                           training_texts, state)
 
 
 def _padding_token_id(tokenizer: Tokenizer) -> int | None:
