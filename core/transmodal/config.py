@@ -80,11 +80,15 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["constant", "cosine", "step"] = "cosine"
+    name: Literal["constant", "cosine", "step", "annealed"] = Field(
+        "cosine", description="annealed: lr / (1 + alpha p)^beta over training progress p (Ganin et al., 2016)."
+    )
     warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warm-up, in epochs (fractions allowed).")
     step_epochs: int = Field(10, ge=1, description="step: multiply the rate by gamma every this many epochs.")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     min_lr_scale: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of lr.")
+    alpha: float = Field(10.0, ge=0.0, description="annealed: how fast the rate falls (the paper's 10).")
+    beta: float = Field(0.75, ge=0.0, description="annealed: exponent of the decay (the paper's 0.75).")
 
 
 class TrainerConfig(_Strict):

@@ -42,6 +42,8 @@ def schedule_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, tot
     if config.name == "step":
         return config.gamma ** (step // (config.step_epochs * steps_per_epoch))
     progress = (step - warmup) / max(1, total_steps - warmup)
+    if config.name == "annealed":
+        return (1.0 + config.alpha * min(1.0, progress)) ** -config.beta
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return config.min_lr_scale + (1.0 - config.min_lr_scale) * cosine
 
