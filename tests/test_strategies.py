@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from transmodal.builtin.adaptation.alignment import CDAN, coral, covariance, entropy, mmd
-from transmodal.builtin.adaptation.params import CDANParams, WeightSchedule
-from transmodal.builtin.strategies import dann_coefficient, reverse_gradient
+from transmodal.builtin.adaptation.alignment import CDAN, EntropyMin, coral, covariance, entropy, mmd
+from transmodal.builtin.adaptation.params import CDANParams, EntropyMinParams, WeightSchedule
+from transmodal.builtin.strategies import DANN, DANNParams, dann_coefficient, reverse_gradient
 from transmodal.data import ModalitySpec
 from transmodal.errors import ConfigError
 from transmodal.experiment import assemble
@@ -80,6 +82,28 @@ def test_coral_matches_its_formula_on_a_hand_computed_example():
     assert torch.allclose(covariance(target), torch.tensor([[0.0, 0.0], [0.0, 2.0]]))
     # ||C_S - C_T||_F^2 = 1 + 1 = 2; / (4 * d^2) with d = 2 gives 1/8.
     assert torch.isclose(coral(source, target), torch.tensor(0.125))
+
+
+def _far_from_zero(generator: torch.Generator, rows: int, scale: float = 1.0) -> torch.Tensor:
+    """float32 features at an offset of 1000, where one-pass formulas cancel catastrophically."""
+    return 1000.0 + scale * torch.randn(rows, 8, generator=generator)
+
+
+def test_coral_and_mmd_stay_exact_far_from_zero():
+    generator = torch.Generator().manual_seed(0)
+    source, target = _far_from_zero(generator, 64), _far_from_zero(generator, 48, scale=1.5)
+    exact_source, exact_target = source.double(), target.double()  # the same float32 values, in float64
+    expected = torch.cov(exact_source.T)
+    assert torch.linalg.norm(covariance(source).double() - expected) < 1e-5 * torch.linalg.norm(expected)
+    expected_coral = (expected - torch.cov(exact_target.T)).pow(2).sum() / (4 * 8 * 8)
+    assert float(coral(source, target)) == pytest.approx(float(expected_coral), rel=1e-5)
+
+    joint = torch.cat([exact_source, exact_target])
+    distances = torch.cdist(joint, joint).pow(2)
+    base = distances.sum() / (len(joint) * (len(joint) - 1))
+    k = sum(torch.exp(-distances / (base * 2.0 ** (i - 2))) for i in range(5))
+    expected_mmd = k[:64, :64].mean() + k[64:, 64:].mean() - 2 * k[:64, 64:].mean()
+    assert float(mmd(source, target)) == pytest.approx(float(expected_mmd), rel=1e-5)
 
 
 def test_entropy_of_uniform_and_certain_predictions():
@@ -154,6 +178,7 @@ def test_cdan_conditions_on_predictions_and_reverses_the_gradient():
     for params, randomized in ((CDANParams(), False), (CDANParams(max_multilinear_dim=10, randomized_dim=16), True)):
         strategy = CDAN(params)
         strategy.setup(model, context())
+        strategy.parts.eval()  # dropout off: the two passes below see the same network
         assert strategy.parts.randomized is randomized
         probabilities = torch.softmax(logits, 1)
         mapped = strategy.parts.multilinear(features, probabilities)
@@ -176,6 +201,7 @@ def test_cdan_entropy_weights_each_domain_to_half_the_loss():
     model = image_model(classes=3)
     strategy = CDAN(CDANParams(entropy=True))
     strategy.setup(model, context())
+    strategy.parts.eval()  # dropout off: the two passes see the same network
     features, logits = torch.randn(6, 6), torch.randn(6, 3) * 5
     step = StepData(model=model, source={}, source_output=ModelOutput(logits[:2], features[:2]), step=0,
                     progress=1.0, target={}, target_output=ModelOutput(logits[2:], features[2:]))
@@ -188,6 +214,80 @@ def test_cdan_entropy_weights_each_domain_to_half_the_loss():
     assert torch.isclose(value, expected)
 
 
+def test_dann_and_cdan_default_to_the_papers_discriminator():
+    model = image_model()
+    for strategy in (build_strategy("dann"), build_strategy("cdan")):
+        strategy.setup(model, context())
+        layers = [m for m in strategy.modules().modules() if not list(m.children())]
+        kinds = [type(m).__name__ for m in layers]
+        assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"], kinds
+        assert [m.out_features for m in layers if isinstance(m, nn.Linear)] == [1024, 1024, 1]
+        assert all(m.p == 0.5 for m in layers if isinstance(m, nn.Dropout))
+
+
+def test_dann_delay_trains_the_discriminator_but_spares_the_encoders():
+    model = image_model()
+    strategy = DANN(DANNParams(delay=0.5))
+    strategy.setup(model, context())
+    features = torch.randn(8, 6, requires_grad=True)
+    logits = torch.zeros(8, 3)
+    for progress, encoders_reached in ((0.25, False), (0.75, True)):
+        step = StepData(model=model, source={}, source_output=ModelOutput(logits[:4], features[:4]), step=0,
+                        progress=progress, target={}, target_output=ModelOutput(logits[4:], features[4:]))
+        features.grad = None
+        strategy.discriminator.zero_grad()
+        strategy.loss_terms(step)["domain"].backward()
+        assert bool(features.grad.abs().sum() > 0) is encoders_reached
+        assert all(p.grad.abs().sum() > 0 for p in strategy.discriminator.parameters())  # it learns all along
+
+
+def _three_blobs(shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three well-separated classes in 2-D (means on a circle of radius 3, spread 0.5), moved by ``shift``
+    along x; returns the samples, their labels and the unshifted class means."""
+    generator = torch.Generator().manual_seed(0)
+    angles = torch.arange(3) * 2 * math.pi / 3
+    means = 3.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    labels = torch.arange(3).repeat_interleave(100)
+    samples = means[labels] + 0.5 * torch.randn(300, 2, generator=generator) + torch.tensor([shift, 0.0])
+    return samples, labels, means
+
+
+def test_entropy_min_at_its_defaults_does_not_collapse_where_plain_entropy_does():
+    # A nearest-mean classifier of the source blobs gets 2/3 of the shifted target right, predicting every
+    # class but class 0 most; then only the entropy-min loss trains it, on the target.
+    target, labels, means = _three_blobs(shift=3.0)
+
+    def adapt(params: EntropyMinParams) -> torch.Tensor:
+        classifier = nn.Linear(2, 3)
+        with torch.no_grad():
+            classifier.weight.copy_(means)
+            classifier.bias.copy_(-0.5 * means.pow(2).sum(dim=1))
+        strategy = EntropyMin(params)
+        optimizer = torch.optim.SGD(classifier.parameters(), lr=0.5)
+        for index in range(100):
+            logits = classifier(target)
+            step = StepData(model=None, source={}, source_output=None, step=index, progress=1.0, target={},
+                            target_output=ModelOutput(logits, target))
+            optimizer.zero_grad()
+            strategy.loss_terms(step)["entropy"].backward()
+            optimizer.step()
+        with torch.no_grad():
+            return classifier(target).argmax(dim=1)
+
+    with torch.no_grad():
+        start = (target @ means.T - 0.5 * means.pow(2).sum(dim=1)).argmax(dim=1)
+    assert 0.5 < float((start == labels).float().mean()) < 0.8 and start.unique().numel() == 3
+
+    infomax = adapt(EntropyMinParams())
+    assert EntropyMinParams().diversity == 1.0  # SHOT's weight
+    assert infomax.bincount(minlength=3).min() >= 75  # every class keeps a fair share of the predictions
+    assert float((infomax == labels).float().mean()) > 0.95
+
+    plain = adapt(EntropyMinParams(diversity=0.0))  # Grandvalet and Bengio: the majority class swallows others
+    assert plain.bincount(minlength=3).min() <= 3
+    assert float((plain == labels).float().mean()) < float((start == labels).float().mean())
+
+
 def test_pseudo_labels_only_confident_target_predictions():
     model = image_model(classes=3)
     strategy = build_strategy("pseudo-label", threshold=0.9)
@@ -198,6 +298,7 @@ def test_pseudo_labels_only_confident_target_predictions():
     loss = strategy.loss_terms(step)["pseudo"]
     expected = nn.functional.cross_entropy(target_logits[:1], torch.tensor([0])) / 2  # one of two samples
     assert torch.isclose(loss, expected)
+    assert step.metrics == {"pseudo-label.used": 0.5}  # reported, not a loss term
 
 
 def test_mean_teacher_follows_the_model_by_ema():
@@ -263,6 +364,30 @@ def test_adabn_sets_batchnorm_statistics_to_the_target_datas_own_and_restores_th
     strategy.after_evaluate(model)
     for bn, (mean, var) in zip(bns, source_stats):
         assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+
+
+def test_adabn_statistics_stay_exact_far_from_zero():
+    # The first convolution passes each pixel's mean through (centre tap only, so no padding effect) and the
+    # images sit at 1000 with a spread of 0.1: the first BatchNorm's input has a mean some 10^4 times its
+    # standard deviation, where a one-pass variance (sum of squares - n mean^2) in float32 is noise.
+    torch.manual_seed(0)
+    model = image_model().eval()
+    conv = model.encoders["image"].blocks[0][0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = 1.0 / 3
+    strategy = build_strategy("adabn")
+    strategy.setup(model, context())
+    first = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    seen: list[torch.Tensor] = []
+    handle = first.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    target = 1000.0 + 0.1 * torch.rand(48, 3, 8, 8)
+    with torch.inference_mode():
+        strategy.before_evaluate(model, [{"image": chunk} for chunk in target.split(16)])
+    handle.remove()
+    exact = torch.cat(seen).double()  # the very float32 inputs it saw, in float64
+    assert torch.allclose(first.running_mean.double(), exact.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    assert torch.allclose(first.running_var.double(), exact.var((0, 2, 3)), rtol=1e-5, atol=0)
 
 
 def test_adabn_is_rejected_without_batchnorm_or_target_data():

@@ -152,6 +152,9 @@ def test_a_run_stopped_mid_schedule_resumes_exactly(tiny, monkeypatch: pytest.Mo
     assert read_metrics(stopped_dir) == full
     assert {"loss/cdan.domain", "loss/pseudo-label.pseudo", "loss/l2-sp.sp"} <= set(full[-1]["train"])
     assert full[-1]["train"]["loss/pseudo-label.pseudo"] > 0
+    assert 0 < full[-1]["train"]["metric/pseudo-label.used"] <= 1  # the fraction of target samples labelled ...
+    terms = sum(value for name, value in full[-1]["train"].items() if name.startswith("loss/"))
+    assert full[-1]["train"]["loss"] == pytest.approx(terms, rel=1e-5)  # ... is logged, never added to the loss
     assert json.loads((stopped_dir / "summary.json").read_text())["final"] == \
         json.loads((full_dir / "summary.json").read_text())["final"]
 

@@ -6,7 +6,8 @@ Strategies compose as a list. The trainer calls, in order of the list:
 * ``setup(model, context)`` once, before the optimizer exists (freeze, wrap, snapshot pretrained weights);
 * ``modules()``: the strategy's own trainable modules (a domain discriminator), optimised and checkpointed;
 * ``configure_param_groups(groups)``: change learning-rate scales or drop groups;
-* ``loss_terms(step)`` every step: named loss terms added to the task loss;
+* ``loss_terms(step)`` every step: named loss terms added to the task loss (values only logged go in
+  ``step.metrics``);
 * ``on_step_end``, ``on_epoch_start``, ``on_epoch_end``: schedules, unfreezing;
 * ``before_evaluate(model, target_batches)``: e.g. re-estimate BatchNorm statistics on the target domain,
   and ``after_evaluate(model)`` to undo it before training goes on;
@@ -58,6 +59,9 @@ class StepData:
     target: dict[str, torch.Tensor] | None = None
     target_output: ModelOutput | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Detached values a strategy reports about this step ("<strategy>.<name>"), logged as "metric/..." and
+    # averaged over the epoch like the loss terms, but never added to the loss.
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Strategy:

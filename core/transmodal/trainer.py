@@ -20,12 +20,13 @@ from torch import nn
 from tqdm import tqdm
 
 from transmodal.checkpoint import save_checkpoint
-from transmodal.data import PAD_ID, Batch, move_batch
+from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import Assembled
 from transmodal.metrics import ClassificationMeter
 from transmodal.model import ModelOutput
 from transmodal.optim import build_optimizer, build_scheduler
+from transmodal.selection import build_panel, panel_choices, score_panel
 from transmodal.strategy import ParamGroup, StepData, TrainingContext
 from transmodal.validator import Metrics, ValidationContext
 
@@ -60,6 +61,7 @@ class Trainer:
         self.data = assembled.data
         self.strategies = assembled.strategies
         self.validator = assembled.validator
+        self.panel = build_panel(self.data) if self.config.score_validators else {}
         self.run_dir = run_dir
         self.quiet = quiet
         self.device = resolve_device(self.config.device)
@@ -137,7 +139,7 @@ class Trainer:
             samples += epoch_samples
             evaluation = self.evaluate()
             self.epoch = epoch + 1
-            improved = self._update_best(evaluation)
+            improved, scores = self._update_best(evaluation)
             for strategy in self.strategies:
                 strategy.after_evaluate(self.model)
             record = {
@@ -146,6 +148,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train": train_metrics,
                 **evaluation,
+                **({"validators": scores} if scores else {}),
                 "seconds": round(time.perf_counter() - epoch_started, 3),
             }
             self.history.append(record)
@@ -240,7 +243,8 @@ class Trainer:
         self.step += 1
         for strategy in self.strategies:
             strategy.on_step_end(self.step)
-        return {"loss": loss.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()}}
+        return {"loss": loss.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()},
+                **{f"metric/{k}": v.detach() for k, v in step.metrics.items()}}
 
     # -- evaluation ---------------------------------------------------------------------------------------
 
@@ -263,20 +267,31 @@ class Trainer:
             results[name] = meter.compute()
         return results
 
-    def _update_best(self, evaluation: Metrics) -> bool:
+    def _update_best(self, evaluation: Metrics) -> tuple[bool, dict[str, float]]:
+        """Score the run's validator, which keeps best.pt, and the panel of label-free validators on the same
+        forward passes; returns whether this epoch is the best so far, and the panel's scores."""
         self.model.eval()
-        context = ValidationContext(self.model, evaluation, self._unlabelled_batches, self.autocast)
+        context = ValidationContext(
+            self.model, evaluation, self._unlabelled_batches, self.autocast,
+            source_val_batches=lambda: self._batches(self.data.evaluation.get("source/val")),
+            source_train_batches=lambda: self._batches(self.data.train),
+        )
         with torch.inference_mode():
             value = float(self.validator.score(context))
+            scores = score_panel(self.panel, context)
         if self.best["value"] is None or value > self.best["value"]:
             self.best = {"value": value, "epoch": self.epoch}
-            return True
-        return False
+            return True, scores
+        return False, scores
 
     def _unlabelled_batches(self) -> Iterator[Batch]:
-        if self.data.unlabelled is None:
+        return self._batches(self.data.unlabelled)
+
+    def _batches(self, loader: BatchLoader | None) -> Iterator[Batch]:
+        """The loader's batches in its epoch-0 order, on the device; none without a loader."""
+        if loader is None:
             return iter(())
-        return (move_batch(batch, self.device) for batch in self.data.unlabelled.epoch(0))
+        return (move_batch(batch, self.device) for batch in loader.epoch(0))
 
     # -- run directory and checkpoints ------------------------------------------------------------------
 
@@ -371,6 +386,9 @@ class Trainer:
                 "epoch": oracle["epoch"],
                 "target/test": oracle["target/test"],
             }
+        choices = panel_choices(self.history)
+        if choices is not None:
+            summary["validators"] = choices
         if samples_per_second is not None:
             summary["train_samples_per_second"] = round(samples_per_second, 1)
         return summary

@@ -7,25 +7,104 @@ as ``best.pt``; ``summary.json`` names the validator, and one that reads target 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from transmodal.errors import ConfigError
+from transmodal.data import Batch
+from transmodal.errors import ConfigError, DataError
 from transmodal.model import TransmodalModel
 
 Metrics = dict[str, dict[str, float]]
+Batches = Callable[[], Iterator[Batch]]
+
+# The splits a validator can ask ``ValidationContext.outputs`` for.
+TARGET, SOURCE_VAL, SOURCE_TRAIN = "target", "source/val", "source/train"
+
+
+def no_batches() -> Iterator[Batch]:
+    return iter(())
+
+
+@dataclass
+class Outputs:
+    """The model's outputs on the first samples of one split, as float tensors on the model's device."""
+
+    logits: torch.Tensor  # (N, num_classes)
+    features: torch.Tensor  # (N, D): the fused features
+    labels: torch.Tensor | None  # (N,); None for unlabelled target data
+
+    def __len__(self) -> int:
+        return self.logits.shape[0]
+
+    def head(self, count: int | None) -> Outputs:
+        labels = None if self.labels is None else self.labels[:count]
+        return Outputs(self.logits[:count], self.features[:count], labels)
+
+    @staticmethod
+    def concat(parts: list[Outputs]) -> Outputs:
+        labels = [p.labels for p in parts if p.labels is not None]
+        return Outputs(torch.cat([p.logits for p in parts]), torch.cat([p.features for p in parts]),
+                       torch.cat(labels) if labels else None)
+
+
+class _MemoisedPass:
+    """One forward pass over a split, batch by batch as far as anyone asked, kept for the next asker: the
+    validators scored with one context share it instead of each running the model again."""
+
+    def __init__(self, batches: Iterator[Batch], predict: Callable[[Batch], Outputs]) -> None:
+        self._batches = batches
+        self._predict = predict
+        self._done: list[Outputs] = []
+
+    def take(self, max_samples: int | None, max_batches: int | None) -> list[Outputs]:
+        taken: list[Outputs] = []
+        samples = 0
+        for index in itertools.count():
+            if index == max_batches or (max_samples is not None and samples >= max_samples):
+                break
+            if index == len(self._done):
+                batch = next(self._batches, None)
+                if batch is None:
+                    break
+                self._done.append(self._predict(batch))
+            taken.append(self._done[index])
+            samples += len(taken[-1])
+        return taken
 
 
 @dataclass
 class ValidationContext:
     model: TransmodalModel  # in eval mode
     metrics: Metrics  # this epoch's metrics on every labelled evaluation split
-    target_batches: Callable[[], Iterator[dict[str, torch.Tensor]]]  # unlabelled target batches, on the device
+    target_batches: Batches  # unlabelled target batches, on the device
     autocast: Callable[[], AbstractContextManager]
+    source_val_batches: Batches = no_batches  # labelled source validation batches, on the device
+    source_train_batches: Batches = no_batches  # labelled source training batches (no augmentation), on the device
+    _passes: dict[str, _MemoisedPass] = field(default_factory=dict, init=False, repr=False)
+
+    def outputs(self, split: str, max_samples: int | None = None, max_batches: int | None = None) -> Outputs:
+        """The model's outputs on the first ``max_samples`` samples (or ``max_batches`` batches; default all)
+        of ``split``: TARGET, SOURCE_VAL or SOURCE_TRAIN. Memoised, so validators scored with this context
+        run the model over each split at most once."""
+        memo = self._passes.get(split)
+        if memo is None:
+            sources = {TARGET: self.target_batches, SOURCE_VAL: self.source_val_batches,
+                       SOURCE_TRAIN: self.source_train_batches}
+            memo = self._passes[split] = _MemoisedPass(sources[split](), self._predict)
+        parts = memo.take(max_samples, max_batches)
+        if not parts:
+            raise DataError(f"the validator scores {split} data, but there was no {split} batch to score")
+        return Outputs.concat(parts).head(max_samples)
+
+    def _predict(self, batch: Batch) -> Outputs:
+        with self.autocast():
+            output = self.model(batch)
+        return Outputs(output.logits.float(), output.features.float(), batch.get("label"))
 
 
 class Validator:

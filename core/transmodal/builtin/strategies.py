@@ -81,6 +81,11 @@ def dann_coefficient(progress: float, gamma: float) -> float:
 
 
 class DomainDiscriminator(nn.Sequential):
+    """x -> hidden -> hidden -> 1 with ReLU and dropout: the domain classifier of Ganin et al. (2016) for their
+    large networks (x -> 1024 -> 1024, dropout 0.5 in the authors' model), which CDAN (Long et al., 2018) reuses.
+    No BatchNorm: TLlib's DomainDiscriminator has BatchNorm *instead of* dropout by default (one or the other,
+    never both); we follow the papers' own code, which uses dropout."""
+
     def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
         super().__init__(
             nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
@@ -92,19 +97,30 @@ class DomainDiscriminator(nn.Sequential):
 class DANNParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     weight: float = Field(1.0, ge=0.0, description="Weight of the domain loss.")
-    hidden: int = Field(256, ge=1, description="Width of the domain discriminator.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    gamma: float = Field(10.0, gt=0.0, description="Steepness of the reversal coefficient's warm-up.")
+    hidden: int = Field(1024, ge=1, description="Width of the domain discriminator (1024: Ganin et al., 2016).")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout after each hidden layer of the discriminator "
+                                                            "(0.5: Ganin et al., 2016).")
+    gamma: float = Field(10.0, gt=0.0, description="Steepness of the reversal coefficient's warm-up "
+                                                   "(10: Ganin et al., 2016).")
     max_coefficient: float = Field(1.0, gt=0.0, description="Reversal coefficient reached at the end of training.")
     delay: float = Field(
         0.0, ge=0.0, lt=1.0,
-        description="Fraction of training before the domain loss starts (lets the task features form first).",
+        description="Fraction of training before the reversal coefficient starts its warm-up: until then the "
+                    "discriminator learns but sends no gradient to the encoders (lets the task features form first).",
     )
 
 
 class DANN(Strategy):
-    """Domain-adversarial training (Ganin et al., 2016): a discriminator tells source from target fused
-    features through a gradient-reversal layer, so the encoders learn features it cannot tell apart."""
+    """Domain-adversarial training (Ganin et al., 2016, JMLR): a discriminator tells source from target fused
+    features through a gradient-reversal layer, so the encoders learn features it cannot tell apart. The
+    reversal coefficient rises as 2 / (1 + exp(-gamma p)) - 1 over training progress p (gamma = 10).
+
+    The paper's recipe around it is the experiment's, not the strategy's: ``optimizer: {name: sgd, lr: 0.01,
+    momentum: 0.9}`` and ``schedule: {name: annealed}`` (lr / (1 + 10 p)^0.75).
+
+    ``delay`` holds the coefficient at 0 while the discriminator already trains, as the warm-up itself does at
+    p = 0: when the encoders start receiving its reversed gradient, it is a trained discriminator's, not a
+    random one's."""
 
     name = "dann"
     needs_unlabelled_target = True

@@ -8,6 +8,7 @@ from transmodal.builtin.adaptation.params import (
     AdaBNParams,
     CDANParams,
     CoralParams,
+    DEVParams,
     EntropyMinParams,
     FreezeParams,
     GradualUnfreezeParams,
@@ -47,7 +48,7 @@ def register_strategies(register: Register) -> None:
     register("coral", f"{_HERE}.alignment:build_coral", CoralParams,
              "Deep CORAL: match source and target feature covariances.")
     register("entropy-min", f"{_HERE}.alignment:build_entropy_min", EntropyMinParams,
-             "Minimise the entropy of target predictions (optionally with a diversity term: information max).")
+             "Information maximisation on target predictions (SHOT); diversity 0: plain entropy minimisation.")
     register("pseudo-label", f"{_HERE}.self_training:build_pseudo_label", PseudoLabelParams,
              "Confident target predictions as labels, optionally from a mean teacher (EMA).")
 
@@ -60,3 +61,5 @@ def register_validators(register: Register) -> None:
              "Mutual information between target inputs and predictions (no target labels).")
     register("snd", f"{_HERE}.validators:build_snd", SNDParams,
              "Soft neighbourhood density of target predictions (Saito et al., 2021; no target labels).")
+    register("dev", f"{_HERE}.validators:build_dev", DEVParams,
+             "Deep Embedded Validation: importance-weighted source/val loss (You et al., 2019; no target labels).")

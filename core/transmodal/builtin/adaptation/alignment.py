@@ -51,7 +51,9 @@ class CDAN(Strategy):
     of the fused features f and the class probabilities g (detached, as in the authors' code), through
     the gradient-reversal layer, so features are aligned class by class rather than only as a whole.
     With ``entropy``, each sample's loss is weighted by 1 + exp(-H(g)), normalised within each domain
-    (CDAN+E), so confident predictions count more. The reversal coefficient warms up as in DANN."""
+    (CDAN+E), so confident predictions count more. The reversal coefficient warms up as in DANN, and the
+    paper trains with DANN's recipe: ``optimizer: {name: sgd, lr: 0.01, momentum: 0.9}``, ``schedule: {name:
+    annealed}``."""
 
     name = "cdan"
     needs_unlabelled_target = True
@@ -108,6 +110,9 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel: str = "gaussian", ke
     if kernel == "linear":
         return (source.mean(0) - target.mean(0)).pow(2).sum()
     joint = torch.cat([source, target])
+    # Centred first: distances do not change, but the expansion below would otherwise cancel catastrophically
+    # in float32 when features sit far from zero.
+    joint = joint - joint.mean(dim=0, keepdim=True)
     squares = joint.pow(2).sum(dim=1)
     # ||x - y||^2 expanded (cdist's square root has no gradient at the zero diagonal)
     distances = (squares[:, None] + squares[None, :] - 2.0 * joint @ joint.T).clamp(min=0)
@@ -143,10 +148,10 @@ def build_mmd(params: MMDParams) -> MMD:
 
 
 def covariance(features: torch.Tensor) -> torch.Tensor:
-    """C = (X^T X - (1^T X)^T (1^T X) / n) / (n - 1) for X of shape (n, d)."""
-    n = features.shape[0]
-    column_sums = features.sum(dim=0, keepdim=True)
-    return (features.T @ features - column_sums.T @ column_sums / n) / (n - 1)
+    """Unbiased covariance C = (X - 1 m)^T (X - 1 m) / (n - 1) of X (n, d) with column means m. Centred before
+    the product: the one-pass X^T X - n m^T m loses float32 precision when features sit far from zero."""
+    centred = features - features.mean(dim=0, keepdim=True)
+    return centred.T @ centred / (features.shape[0] - 1)
 
 
 def coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -180,9 +185,11 @@ def build_coral(params: CoralParams) -> Coral:
 
 
 class EntropyMin(Strategy):
-    """Entropy minimisation on target predictions (Grandvalet and Bengio, 2005): pushes the decision boundary
-    away from dense target regions. With ``diversity`` > 0 the entropy of the batch's mean prediction is
-    subtracted (information maximisation), which keeps all predictions from collapsing onto one class."""
+    """Information maximisation on target predictions, as in SHOT (Liang et al., 2020): the mean entropy of the
+    predictions minus ``diversity`` times the entropy of the batch's mean prediction. The first term pushes the
+    decision boundary away from dense target regions; alone (``diversity: 0``, Grandvalet and Bengio, 2005) it
+    is also minimised by predicting one class for everything, and on a real shift it does collapse so. The
+    second term rewards using every class, hence the default of 1 (SHOT's weight)."""
 
     name = "entropy-min"
     needs_unlabelled_target = True

@@ -19,26 +19,36 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 class _Moments:
-    """Per-channel sum and sum of squares of a BatchNorm's input, over every sample and position seen."""
+    """Per-channel count, mean and sum of squared deviations of a BatchNorm's input, over every sample and
+    position seen. The one-pass sum of squares minus n mean^2 cancels catastrophically in float32 when the
+    input sits far from zero; instead each batch's moments are merged as in Chan et al. (1979), about the
+    first batch's mean so that the merged means are small and exact."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.total: torch.Tensor | None = None
-        self.squares: torch.Tensor | None = None
+        self.shift: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None  # of the input minus shift
+        self.deviations: torch.Tensor | None = None  # sum of (x - mean)^2
 
     def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         x = inputs[0].float()
         dims = [d for d in range(x.dim()) if d != 1]  # every dimension but the channels
-        total, squares = x.sum(dims), x.pow(2).sum(dims)
-        self.count += x.numel() // x.shape[1]
-        self.total = total if self.total is None else self.total + total
-        self.squares = squares if self.squares is None else self.squares + squares
+        if self.shift is None:
+            self.shift = x.mean(dims)
+        count = x.numel() // x.shape[1]
+        var, mean = torch.var_mean(x - self.shift.view(-1, *[1] * (x.dim() - 2)), dim=dims, correction=0)
+        if self.mean is None or self.deviations is None:
+            self.count, self.mean, self.deviations = count, mean, var * count
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.deviations = self.deviations + var * count + delta.pow(2) * (self.count * count / total)
+        self.count = total
 
     def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.total is not None and self.squares is not None
-        mean = self.total / self.count
-        var = (self.squares - self.count * mean.pow(2)) / max(1, self.count - 1)  # unbiased, as BatchNorm keeps
-        return mean, var.clamp(min=0)
+        assert self.shift is not None and self.mean is not None and self.deviations is not None
+        return self.shift + self.mean, self.deviations / max(1, self.count - 1)  # unbiased, as BatchNorm keeps
 
 
 class AdaBN(Strategy):

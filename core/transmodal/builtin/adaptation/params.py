@@ -108,14 +108,19 @@ class AdaBNParams(BaseModel):
 
 
 class CDANParams(WeightSchedule):
-    hidden: int = Field(256, ge=1, description="Width of the domain discriminator.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Defaults of Long et al. (2018): DANN's discriminator (1024-1024, dropout 0.5), the multilinear map up to
+    4096 dimensions and a randomized one of width 1024 above."""
+
+    hidden: int = Field(1024, ge=1, description="Width of the domain discriminator (1024: Long et al., 2018).")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout after each hidden layer of the discriminator "
+                                                            "(0.5: Long et al., 2018).")
     entropy: bool = Field(False, description="CDAN+E: weight samples by 1 + exp(-entropy) of their predictions.")
-    gamma: float = Field(10.0, gt=0.0, description="Steepness of the reversal coefficient's warm-up.")
+    gamma: float = Field(10.0, gt=0.0, description="Steepness of the reversal coefficient's warm-up (10, as DANN).")
     max_coefficient: float = Field(1.0, gt=0.0, description="Reversal coefficient reached at the end.")
     max_multilinear_dim: int = Field(4096, ge=1, description="Above this features x classes size the "
-                                                             "randomized multilinear map is used.")
-    randomized_dim: int = Field(1024, ge=1, description="Output width of the randomized multilinear map.")
+                                                             "randomized multilinear map is used (4096: the paper).")
+    randomized_dim: int = Field(1024, ge=1, description="Output width of the randomized multilinear map "
+                                                        "(1024: the paper).")
 
 
 class MMDParams(WeightSchedule):
@@ -130,8 +135,10 @@ class CoralParams(WeightSchedule):
 
 
 class EntropyMinParams(WeightSchedule):
-    diversity: float = Field(0.0, ge=0.0, description="Weight of the entropy of the mean prediction, subtracted "
-                                                      "(> 0: information maximisation; guards against collapse).")
+    diversity: float = Field(1.0, ge=0.0, description="Weight of the entropy of the batch's mean prediction, "
+                                                      "subtracted: 1 is information maximisation as in SHOT "
+                                                      "(Liang et al., 2020), which keeps predictions from collapsing "
+                                                      "onto one class; 0 is plain entropy minimisation.")
 
 
 class PseudoLabelParams(WeightSchedule):
@@ -146,8 +153,18 @@ class PseudoLabelParams(WeightSchedule):
 class TargetValidatorParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_batches: int | None = Field(None, ge=1, description="Unlabelled target batches scored (default: all).")
+    max_samples: int | None = Field(None, ge=1, description="Unlabelled target samples scored (default: all).")
 
 
 class SNDParams(TargetValidatorParams):
     temperature: float = Field(0.05, gt=0.0, description="Temperature of the neighbourhood softmax.")
     max_samples: int = Field(2000, ge=2, description="Target samples compared (the similarity matrix is N x N).")
+
+
+class DEVParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_samples: int = Field(2000, ge=2, description="Samples used from each of source train, source val and "
+                                                     "unlabelled target.")
+    l2: float = Field(1e-2, gt=0.0, description="L2 penalty of the logistic domain classifier (on standardised "
+                                                "features); keeps the importance weights finite.")
+    steps: int = Field(200, ge=1, description="LBFGS iterations fitting the domain classifier.")

@@ -16,6 +16,8 @@ from transmodal.strategy import StepData, Strategy, TrainingContext
 class PseudoLabel(Strategy):
     """Target predictions at least ``threshold`` confident become labels (Lee, 2013): the loss is the cross-entropy
     on those samples, averaged over the whole target batch, so it grows as more samples pass the threshold.
+    The fraction that passes is logged as ``metric/pseudo-label.used``: a threshold that no prediction reaches
+    (a small budget, a hard shift) otherwise turns the strategy off without a sign.
 
     With ``ema``, the labels come from a mean teacher (Tarvainen and Valpola, 2017): a copy of the model, in
     eval mode, whose weights follow the trained ones as an exponential moving average after every step (its
@@ -50,6 +52,7 @@ class PseudoLabel(Strategy):
             reference = step.target_output.logits.detach().float()
         confidence, labels = torch.softmax(reference, dim=1).max(dim=1)
         mask = (confidence >= self.params.threshold).float()
+        step.metrics[f"{self.name}.used"] = mask.mean().detach()
         losses = nn.functional.cross_entropy(step.target_output.logits.float(), labels, reduction="none")
         return {"pseudo": self.params.factor(step.progress) * (mask * losses).mean()}
 
