@@ -1,17 +1,21 @@
-"""Every adaptation strategy on synthetic-shapes (fused image + caption), over several seeds, beside source-only.
+"""Every adaptation strategy on one experiment, over several seeds, beside source-only and a control.
 
     python examples/strategy_table.py                          # all strategies, 3 seeds, examples/shapes_fused.yaml
+    python examples/strategy_table.py --config examples/glyphs.yaml --only 'mcc' 'dann'   # the glyphs benchmark
     python examples/strategy_table.py --only 'finetune' 'mmd' 'cdan*' --seeds 0 1 \\
         --set trainer.epochs=3 --set data.dataset.train_size=2000   # a quicker, smaller look
 
-Each strategy runs at its default parameters (unless the row's label names one) on the model of
-``shapes_fused.yaml`` (small CNN + bag of words, concatenation fusion, encoders trained from scratch). "source-only"
-is ``finetune``: trained on labelled source data, no target data at all. The last row is a control: target batches
+Each strategy runs at its default parameters (unless the row's label names one) on the experiment of ``--config``
+(by default ``shapes_fused.yaml``: small CNN + bag of words, concatenation fusion, encoders trained from scratch),
+with that config's optimizer and schedule. "source-only" is ``finetune``: trained on labelled source data, no
+target data at all. The last row is a control: target batches
 pass through the model beside the source batches, as for every strategy that uses target data, but add no loss.
 For each strategy the table gives target-test accuracy (mean ± standard deviation over seeds) at the checkpoint
 chosen by source-validation accuracy (no target labels: the result), and at the epoch chosen on target-test labels
 ("oracle": an upper bound, not a result). The last columns compare the source-val result with source-only and,
 for strategies that use target batches, with the control; they say plainly when a strategy does not beat them.
+A second table gives each label-free validator's regret over all runs: the oracle epoch's target accuracy minus
+the accuracy of the epoch that validator would have kept (0 is perfect).
 lora/dora/ia3 appear when transmodal-peft is installed. ``--json`` saves the numbers; ``--table-from`` prints the
 table again from saved files (e.g. a full run plus a rerun of some rows).
 """
@@ -51,8 +55,9 @@ STRATEGIES: dict[str, list[dict[str, Any]]] = {
     "mmd (gaussian)": [{"name": "mmd"}],
     "mmd (linear)": [{"name": "mmd", "kernel": "linear"}],
     "coral": [{"name": "coral"}],
-    "entropy-min": [{"name": "entropy-min"}],
-    "entropy-min + diversity (infomax)": [{"name": "entropy-min", "diversity": 1.0}],
+    "entropy-min (information maximisation)": [{"name": "entropy-min"}],
+    "entropy-min, no diversity term": [{"name": "entropy-min", "diversity": 0.0}],
+    "mcc": [{"name": "mcc"}],
     "pseudo-label": [{"name": "pseudo-label"}],
     "pseudo-label (mean teacher)": [{"name": "pseudo-label", "ema": 0.99}],
     "pseudo-label (threshold 0.5)": [{"name": "pseudo-label", "threshold": 0.5}],
@@ -60,6 +65,8 @@ STRATEGIES: dict[str, list[dict[str, Any]]] = {
     "dora": [{"name": "dora"}],
     "ia3": [{"name": "ia3"}],
     "dann + adabn": [{"name": "dann"}, {"name": "adabn"}],
+    "dann + mcc": [{"name": "dann"}, {"name": "mcc"}],
+    "mcc + adabn": [{"name": "mcc"}, {"name": "adabn"}],
     # Control: target batches go through the model with the source batches (so BatchNorm normalises both domains
     # together, as for every strategy above that uses target data) but add no loss.
     "control: target batches, no loss": [{"name": "mmd", "weight": 0.0}],
@@ -94,11 +101,12 @@ def uses_target_batches(adaptation: list[dict[str, Any]]) -> bool:
                .needs_unlabelled_target for spec in adaptation)
 
 
-def print_table(results: dict[str, dict[str, list[float]]], seeds: list[int], overrides: list[str]) -> None:
+def print_table(saved: dict[str, Any]) -> None:
+    results, seeds, overrides = saved["results"], saved["seeds"], saved["overrides"]
     baseline = results[SOURCE_ONLY]["target"]
     control = results.get(CONTROL, {}).get("target")
-    print(f"\nsynthetic-shapes, image + caption ({BASE_CONFIG.name}{', ' + ', '.join(overrides) if overrides else ''}); "
-          f"seeds {seeds}; accuracy in %, mean ± standard deviation over seeds.")
+    print(f"\n{saved['config']}{' with ' + ', '.join(overrides) if overrides else ''}; seeds {seeds}; "
+          f"accuracy in %, mean ± standard deviation over seeds.")
     print("Checkpoint chosen by source/val accuracy (no target labels); 'oracle' picks the epoch on target-test "
           "labels: an upper bound, not a result. Rows that use target batches are also compared with the control "
           "(the same target batches in each step, no loss).\n")
@@ -112,6 +120,19 @@ def print_table(results: dict[str, dict[str, list[float]]], seeds: list[int], ov
             against_control = verdict(numbers["target"], control, "the control")
         print(f"| {label} | {cell(numbers['source_val'])} | {cell(numbers['target'])} | {cell(numbers['oracle'])} "
               f"| {compared} | {against_control} |")
+    regrets: dict[str, list[float]] = {}
+    for numbers in results.values():
+        for name, values in numbers.get("regret", {}).items():
+            regrets.setdefault(name, []).extend(values)
+    if regrets:
+        runs = len(next(iter(regrets.values())))
+        print(f"\nValidator regret over the {runs} runs above: oracle target accuracy minus the target accuracy of "
+              f"the epoch each validator would keep (points; 0 is perfect).\n")
+        print("| validator | mean regret | median | worst |")
+        print("| --- | --- | --- | --- |")
+        for name, values in sorted(regrets.items(), key=lambda item: statistics.mean(item[1])):
+            print(f"| {name} | {100 * statistics.mean(values):.1f} | {100 * statistics.median(values):.1f} "
+                  f"| {100 * max(values):.1f} |")
 
 
 def run(raw: dict[str, Any], adaptation: list[dict[str, Any]], seed: int, runs: str) -> dict[str, Any]:
@@ -123,8 +144,17 @@ def run(raw: dict[str, Any], adaptation: list[dict[str, Any]], seed: int, runs: 
     return summary
 
 
+def record(numbers: dict[str, Any], summary: dict[str, Any]) -> None:
+    numbers["source_val"].append(summary["best"]["source/val"]["accuracy"])
+    numbers["target"].append(summary["best"]["target/test"]["accuracy"])
+    numbers["oracle"].append(summary["oracle"]["target/test"]["accuracy"])
+    for name, choice in summary.get("validators", {}).get("by_validator", {}).items():
+        numbers.setdefault("regret", {}).setdefault(name, []).append(choice["regret"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=BASE_CONFIG, help="the experiment every row starts from")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", default=["*"], metavar="PATTERN",
                         help="labels of the strategies to run (fnmatch); source-only always runs")
@@ -133,18 +163,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every run's numbers to this file")
     parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSON",
                         help="train nothing: print the table from files written by --json (later files add or "
-                             "replace rows; all must share seeds and overrides)")
+                             "replace rows; all must share config, seeds and overrides)")
     args = parser.parse_args()
     if args.table_from:
         saved = [json.loads(path.read_text()) for path in args.table_from]
-        if any((s["seeds"], s["overrides"]) != (saved[0]["seeds"], saved[0]["overrides"]) for s in saved):
-            raise SystemExit("--table-from: the files were made with different seeds or overrides")
+        keys = [(s["config"], s["seeds"], s["overrides"]) for s in saved]
+        if any(key != keys[0] for key in keys):
+            raise SystemExit("--table-from: the files were made with different configs, seeds or overrides")
         merged = {label: numbers for s in saved for label, numbers in s["results"].items()}
-        results = {label: merged[label] for label in STRATEGIES if label in merged}
-        print_table(results, saved[0]["seeds"], saved[0]["overrides"])
+        print_table({**saved[0], "results": {label: merged[label] for label in STRATEGIES if label in merged}})
         return
 
-    raw = load_yaml(BASE_CONFIG)
+    raw = load_yaml(args.config)
     raw.setdefault("data", {}).setdefault("dataset", {"name": "synthetic-shapes"})
     apply_overrides(raw, args.overrides)
     strategies = get_plugins().registry("strategy")
@@ -154,25 +184,22 @@ def main() -> None:
     for label in sorted(missing):
         print(f"skipping {label}: not installed (lora, dora and ia3 come with transmodal-peft)")
 
-    results: dict[str, dict[str, list[float]]] = {}
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as runs:
         for label, adaptation in chosen.items():
             if label in missing:
                 continue
-            numbers: dict[str, list[float]] = {"source_val": [], "target": [], "oracle": []}
+            numbers: dict[str, Any] = {"source_val": [], "target": [], "oracle": []}
             for seed in args.seeds:
-                summary = run(raw, adaptation, seed, runs)
-                numbers["source_val"].append(summary["best"]["source/val"]["accuracy"])
-                numbers["target"].append(summary["best"]["target/test"]["accuracy"])
-                numbers["oracle"].append(summary["oracle"]["target/test"]["accuracy"])
+                record(numbers, run(raw, adaptation, seed, runs))
                 print(f"{label}, seed {seed}: target {numbers['target'][-1]:.4f} (oracle {numbers['oracle'][-1]:.4f})",
                       flush=True)
             results[label] = numbers
 
-    print_table(results, args.seeds, args.overrides)
+    saved = {"config": args.config.as_posix(), "seeds": args.seeds, "overrides": args.overrides, "results": results}
+    print_table(saved)
     if args.json is not None:
-        args.json.write_text(json.dumps({"seeds": args.seeds, "overrides": args.overrides, "results": results},
-                                        indent=2) + "\n")
+        args.json.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 if __name__ == "__main__":

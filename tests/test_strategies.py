@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from transmodal.builtin.adaptation.alignment import CDAN, EntropyMin, coral, covariance, entropy, mmd
+from transmodal.builtin.adaptation.alignment import (
+    CDAN,
+    EntropyMin,
+    class_confusion,
+    coral,
+    covariance,
+    entropy,
+    mmd,
+)
 from transmodal.builtin.adaptation.params import CDANParams, EntropyMinParams, WeightSchedule
 from transmodal.builtin.strategies import DANN, DANNParams, dann_coefficient, reverse_gradient
 from transmodal.data import ModalitySpec
@@ -104,6 +112,38 @@ def test_coral_and_mmd_stay_exact_far_from_zero():
     k = sum(torch.exp(-distances / (base * 2.0 ** (i - 2))) for i in range(5))
     expected_mmd = k[:64, :64].mean() + k[64:, 64:].mean() - 2 * k[:64, 64:].mean()
     assert float(mmd(source, target)) == pytest.approx(float(expected_mmd), rel=1e-5)
+
+
+def test_class_confusion_matches_the_papers_formula_written_out():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0], [1.0, 1.0, -2.0]])
+    t = 2.5
+    rows = [[math.exp(v / t) for v in row] for row in logits.tolist()]
+    probs = [[v / sum(row) for v in row] for row in rows]
+    entropies = [-sum(p * math.log(p) for p in row) for row in probs]
+    raw = [1 + math.exp(-h) for h in entropies]
+    weights = [len(raw) * w / sum(raw) for w in raw]
+    confusion = [[sum(weights[i] * probs[i][a] * probs[i][b] for i in range(4)) for b in range(3)] for a in range(3)]
+    columns = [sum(confusion[a][b] for a in range(3)) for b in range(3)]
+    normalised = [[confusion[a][b] / columns[b] for b in range(3)] for a in range(3)]
+    expected = sum(normalised[a][b] for a in range(3) for b in range(3) if a != b) / 3
+    assert class_confusion(logits, t).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_confusion_is_zero_for_one_hot_predictions_and_penalises_a_split_sample():
+    certain = torch.eye(4).repeat(2, 1) * 100.0
+    assert class_confusion(certain, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    split = certain.clone()
+    split[0] = torch.tensor([100.0, 100.0, 0.0, 0.0])
+    assert class_confusion(split, 1.0).item() > 0.05
+
+
+def test_annealed_schedule_follows_ganins_formula():
+    from transmodal.config import ScheduleConfig
+    from transmodal.optim import schedule_factor
+
+    config = ScheduleConfig(name="annealed")
+    for step in (0, 25, 50, 100):
+        assert schedule_factor(config, step, 10, 100) == pytest.approx((1 + 10 * step / 100) ** -0.75)
 
 
 def test_entropy_of_uniform_and_certain_predictions():

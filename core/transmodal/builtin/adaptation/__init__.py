@@ -16,6 +16,7 @@ from transmodal.builtin.adaptation.params import (
     L2SPParams,
     LayerwiseLRParams,
     LPFTParams,
+    MCCParams,
     MMDParams,
     PseudoLabelParams,
     SNDParams,
@@ -49,6 +50,8 @@ def register_strategies(register: Register) -> None:
              "Deep CORAL: match source and target feature covariances.")
     register("entropy-min", f"{_HERE}.alignment:build_entropy_min", EntropyMinParams,
              "Information maximisation on target predictions (SHOT); diversity 0: plain entropy minimisation.")
+    register("mcc", f"{_HERE}.alignment:build_mcc", MCCParams,
+             "Minimum class confusion of target predictions (Jin et al., 2020): no discriminator.")
     register("pseudo-label", f"{_HERE}.self_training:build_pseudo_label", PseudoLabelParams,
              "Confident target predictions as labels, optionally from a mean teacher (EMA).")
 

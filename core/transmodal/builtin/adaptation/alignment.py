@@ -1,4 +1,4 @@
-"""Domain alignment on unlabelled target batches: CDAN, MMD, CORAL and entropy minimisation.
+"""Domain alignment on unlabelled target batches: CDAN, MMD, CORAL, entropy minimisation and MCC.
 
 All of them work on the model's fused features (or its predictions), which the trainer computes for source
 and target batches in the same step. Each loss weight follows its :class:`WeightSchedule`.
@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from transmodal.builtin.adaptation.params import CDANParams, CoralParams, EntropyMinParams, MMDParams
+from transmodal.builtin.adaptation.params import CDANParams, CoralParams, EntropyMinParams, MCCParams, MMDParams
 from transmodal.builtin.strategies import DomainDiscriminator, dann_coefficient, reverse_gradient
 from transmodal.model import TransmodalModel
 from transmodal.strategy import StepData, Strategy, TrainingContext
@@ -210,3 +210,42 @@ class EntropyMin(Strategy):
 
 def build_entropy_min(params: EntropyMinParams) -> EntropyMin:
     return EntropyMin(params)
+
+
+# -- minimum class confusion ------------------------------------------------------------------------------------
+
+
+def class_confusion(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MCC loss (Jin et al., 2020) of a batch of target logits (B, C).
+
+    With P = softmax(Z / T), each sample weighted by W_i proportional to 1 + exp(-H(P_i)) (summing to B, so
+    confident samples count more), the class confusion C = P^T diag(W) P is normalised column by column to sum
+    to 1; the loss is its off-diagonal mass over the C classes: how often a sample is split between two classes.
+    """
+    probabilities = torch.softmax(logits.float() / temperature, dim=1)
+    certainty = 1.0 + torch.exp(-entropy(logits.float() / temperature))
+    weights = certainty * len(certainty) / certainty.sum()
+    confusion = probabilities.T @ (weights.unsqueeze(1) * probabilities)
+    confusion = confusion / confusion.sum(dim=0, keepdim=True)
+    return (confusion.sum() - confusion.trace()) / confusion.shape[0]
+
+
+class MCC(Strategy):
+    """Minimum Class Confusion (Jin et al., ECCV 2020): minimise the confusion between classes in the target
+    predictions. It needs no discriminator and, unlike entropy minimisation, is normalised per class, so one
+    dominant class does not make the loss small."""
+
+    name = "mcc"
+    needs_unlabelled_target = True
+
+    def __init__(self, params: MCCParams) -> None:
+        self.params = params
+
+    def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
+        assert step.target_output is not None
+        value = class_confusion(step.target_output.logits, self.params.temperature)
+        return {"confusion": self.params.factor(step.progress) * value}
+
+
+def build_mcc(params: MCCParams) -> MCC:
+    return MCC(params)

@@ -141,6 +141,12 @@ class EntropyMinParams(WeightSchedule):
                                                       "onto one class; 0 is plain entropy minimisation.")
 
 
+class MCCParams(WeightSchedule):
+    temperature: float = Field(2.5, gt=0.0, description="Softmax temperature of the target predictions (2.5 as "
+                                                         "in the MCC examples of TLlib; the paper's ablation finds "
+                                                         "values from 2 to 3 alike).")
+
+
 class PseudoLabelParams(WeightSchedule):
     threshold: float = Field(0.9, gt=0.0, lt=1.0, description="Confidence a target prediction needs to be used.")
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="Mean teacher: labels come from an exponential "

@@ -1,0 +1,47 @@
+"""The plugin's hooks and parameters. Imported at discovery: the factory is a lazy "module:attr" string, so
+Pillow and the fonts are touched only when the dataset is built."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from transmodal import hookimpl
+from transmodal.hookspecs import Register
+
+Domain = Literal["print", "scan", "handwritten", "signs"]
+
+
+class GlyphsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: list[Domain] = Field(["print"], min_length=1, description="Labelled source domain(s); several for "
+                                                                       "multi-source / leave-one-domain-out.")
+    target: Domain = Field("signs", description="Target domain: unlabelled for training, labelled for testing.")
+    characters: Literal["digits", "letters"] = Field("digits", description="digits: 0-9 (10 classes); "
+                                                                           "letters: A-Z (26 classes).")
+    train_size: int = Field(5000, ge=1, le=1_000_000, description="Labelled training samples per source domain.")
+    val_size: int = Field(1000, ge=1, le=1_000_000, description="Source validation samples per source domain.")
+    target_train_size: int = Field(5000, ge=0, le=1_000_000, description="Unlabelled target training samples.")
+    target_test_size: int = Field(2000, ge=1, le=1_000_000, description="Labelled target test samples.")
+    image_size: int = Field(32, ge=16, le=128)
+    seed: int = Field(0, ge=0, lt=2**31, description="Seed of the rendered data (independent of training).")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _target_apart(self) -> GlyphsParams:
+        if self.target in self.source:
+            raise ValueError(f"target '{self.target}' is also a source domain; choose a target outside "
+                             f"{self.source}")
+        if len(set(self.source)) != len(self.source):
+            raise ValueError(f"source lists a domain twice: {self.source}")
+        return self
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register("glyphs", "transmodal_glyphs.dataset:build_glyphs", GlyphsParams,
+             "Digits or letters from real font families in 4 domains (print, scan, handwritten, signs); offline.")
