@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import transmodal
 from conftest import tiny_experiment_dict
 from transmodal.cli import main
 
@@ -46,8 +47,41 @@ def test_config_errors_exit_2_with_a_message_and_no_traceback(tmp_path: Path, ca
     assert main(["config", "validate", str(config), "--set", "trainer.epochs=zero"]) == 2
     assert "trainer.epochs: Input should be a valid integer" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
-    assert main(["evaluate", str(tmp_path)]) == 1
+    assert list((tmp_path / "runs").iterdir()) == []  # the config error was found before the run began
+
+
+def test_wrong_paths_exit_2_and_suggest_a_near_match(tmp_path: Path, capsys: pytest.CaptureFixture):
+    config = write_config(tmp_path)
+    assert main(["train", str(tmp_path / "tiny.yml")]) == 2
+    assert f"Config file not found: {tmp_path / 'tiny.yml'}. Did you mean: {config}?" in capsys.readouterr().err
+    (tmp_path / "runs" / "shapes-1").mkdir(parents=True)
+    assert main(["evaluate", str(tmp_path / "runs" / "shapes-2")]) == 2
+    assert f"Did you mean: {tmp_path / 'runs' / 'shapes-1'}?" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "No run directory" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    config.write_text("trainer:\n  epochs: 2\n   batch_size: 4\n")
+    assert main(["config", "validate", str(config)]) == 2
+    assert f'in "{config}", line 3' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop_at_step, message", [
+    (3, "interrupted before the first checkpoint; nothing to resume"),
+    (256 // 32 + 3, "interrupted; continue with: transmodal train --resume {run_dir}"),
+])
+def test_ctrl_c_says_how_to_continue_this_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture, stop_at_step: int, message: str):
+    original_step = transmodal.Trainer.train_step
+
+    def interrupted_step(self, source, target=None):
+        if self.step == stop_at_step:
+            raise KeyboardInterrupt
+        return original_step(self, source, target)
+
+    monkeypatch.setattr(transmodal.Trainer, "train_step", interrupted_step)
+    assert main(["train", str(write_config(tmp_path, "output.name=stopped")), "--quiet"]) == 130
+    assert message.format(run_dir=tmp_path / "runs" / "stopped") in capsys.readouterr().err
 
 
 def test_config_validate_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -79,7 +113,7 @@ def test_core_only_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     config = write_config(tmp_path, "trainer.epochs=1")
     assert main(["train", str(config), "--quiet"]) == 0
     assert main(["train", str(config), "--set", "model.encoders.image={name: resnet18}"]) == 2
-    assert "'resnet18' is provided by transmodal-vision: pip install transmodal-vision" in capsys.readouterr().err
+    assert "pip install -e plugins/transmodal-vision" in capsys.readouterr().err
 
 
 def test_help_and_exit_status_of_the_installed_command():

@@ -53,9 +53,24 @@ def test_set_overrides_parse_values_as_yaml(tmp_path: Path):
     assert experiment.model.encoders["image"].params == {"channels": [4, 8]}
 
 
-def test_setting_parameters_of_an_unnamed_component_asks_for_its_name(tmp_path: Path):
-    with pytest.raises(ConfigError, match="model.fusion.name: Field required"):
-        load_experiment(write(tmp_path, "{}\n"), ["model.fusion.hidden=12"])
+def test_parameters_without_a_name_keep_the_default_component(tmp_path: Path):
+    experiment = load_experiment(None, ["data.dataset.train_size=400", "validator.metric=macro_f1"])
+    assert experiment.data.dataset.name == "synthetic-shapes" and experiment.data.dataset.params == {"train_size": 400}
+    assert experiment.validator.name == "source-val"
+    resolved = validate_components(experiment, get_plugins())
+    assert resolved["data.dataset"].params.train_size == 400
+    path = write(tmp_path, "data: {tokenizer: {lowercase: false}}\nmodel: {encoders: {text: {embedding_dim: 8}}}\n")
+    experiment = load_experiment(path, ["model.fusion.hidden=12"])
+    assert [experiment.data.tokenizer.name, experiment.model.encoders["text"].name] == ["word", "bow"]
+    assert experiment.model.fusion.name == "concat" and experiment.model.fusion.params == {"hidden": 12}
+    assert validate_components(experiment, get_plugins())["model.encoders.text"].params.embedding_dim == 8
+
+
+def test_components_with_no_default_still_need_a_name(tmp_path: Path):
+    with pytest.raises(ConfigError, match="model.encoders.audio.name: Field required"):
+        load_experiment(None, ["model.encoders.audio.dim=3"])
+    with pytest.raises(ConfigError, match="adaptation.0.name: Field required"):  # a list replaces the default
+        load_experiment(write(tmp_path, "adaptation: [{weight: 0.5}]\n"))
 
 
 @pytest.mark.parametrize("override, message", [
@@ -126,8 +141,13 @@ def test_switching_a_component_by_name_says_how_to_drop_the_old_parameters(tmp_p
 def test_missing_and_malformed_files(tmp_path: Path):
     with pytest.raises(ConfigError, match="Config file not found"):
         load_experiment(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
-        load_experiment(write(tmp_path, "trainer: {epochs: [1\n"))
+    path = write(tmp_path, "trainer: {epochs: [1\n")
+    with pytest.raises(ConfigError, match="Did you mean: .*experiment.yaml") as raised:
+        load_experiment(tmp_path / "experiment.yml")
+    assert str(raised.value).startswith(f"Config file not found: {tmp_path / 'experiment.yml'}.")
+    with pytest.raises(ConfigError, match="is not valid YAML") as raised:
+        load_experiment(path)
+    assert f'in "{path}", line 2' in str(raised.value) and "<unicode string>" not in str(raised.value)
     with pytest.raises(ConfigError, match="must contain a mapping"):
         load_experiment(write(tmp_path, "- 1\n- 2\n"))
 

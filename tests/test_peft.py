@@ -9,6 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("peft")
+pytest.importorskip("transmodal_peft")
 
 import transmodal
 from transmodal.data import ModalitySpec

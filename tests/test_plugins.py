@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +13,7 @@ import transmodal
 from transmodal.builtin.fusions import MeanParams
 from transmodal.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
 from transmodal.plugins import Plugins, PluginWarning
+from transmodal.registry import FIRST_PARTY_PROVIDERS
 
 
 class GoodPlugin:
@@ -134,10 +136,18 @@ def test_unknown_name_suggests_close_matches_and_how_to_list():
 
 def test_unknown_first_party_name_says_what_to_install():
     plugins = Plugins(entry_points=[])
-    with pytest.raises(UnknownComponentError, match="'resnet18' is provided by transmodal-vision: pip install "
-                                                    "transmodal-vision"):
+    with pytest.raises(UnknownComponentError) as raised:
         plugins.get("backbone", "resnet18")
+    message = str(raised.value)
+    assert "'resnet18' is provided by the plugin transmodal-vision." in message
+    assert "pip install -e plugins/transmodal-vision" in message  # what works from a checkout (not on PyPI)
 
+
+
+def test_install_hints_name_plugin_folders_of_the_checkout():
+    root = Path(__file__).resolve().parents[1]
+    for provider in {p for names in FIRST_PARTY_PROVIDERS.values() for p in names.values()}:
+        assert f'name = "{provider}"' in (root / "plugins" / provider / "pyproject.toml").read_text()
 
 def test_unknown_name_mentions_plugins_that_failed():
     with pytest.warns(PluginWarning):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 pytest.importorskip("tokenizers")
+pytest.importorskip("transmodal_text")
 
 import transmodal
 from transmodal.config import parse_experiment

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 pytest.importorskip("tokenizers")
+pytest.importorskip("transmodal_text")
 
 from transmodal.data import PAD_ID, ModalitySpec
 from transmodal.errors import ConfigError, DataError

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 pytest.importorskip("tokenizers")
+pytest.importorskip("transmodal_text")
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transmodal.data import PAD_ID, UNK_ID

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("tokenizers")
+pytest.importorskip("transmodal_text")
 
 import transmodal
 from transmodal.config import load_experiment, parse_experiment, validate_components

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import string
 
-import numpy as np
 import pytest
 
 pytest.importorskip("tokenizers")
+pytest.importorskip("transmodal_text")
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transmodal.data import UNK_ID

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 torchvision = pytest.importorskip("torchvision")
+pytest.importorskip("transmodal_vision")
 
 from transmodal.config import parse_experiment, validate_components  # noqa: E402
 from transmodal.data import ModalitySpec  # noqa: E402

@@ -7,13 +7,14 @@ import pickle
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 pytest.importorskip("torchvision")
+pytest.importorskip("transmodal_vision")
 
+import numpy as np  # noqa: E402
 import transmodal  # noqa: E402
 from transmodal.config import parse_experiment, validate_components  # noqa: E402
 from transmodal.errors import DataError  # noqa: E402

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("torchvision")
+pytest.importorskip("transmodal_vision")
 
 from transmodal.data import ModalitySpec  # noqa: E402
 from transmodal.encoder import ImageInput  # noqa: E402

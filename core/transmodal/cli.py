@@ -1,4 +1,5 @@
-"""The ``transmodal`` command line. Exit status: 0 success, 2 usage or config error, 1 failure while running."""
+"""The ``transmodal`` command line. Exit status: 0 success, 2 usage or config error (a wrong path too), 1 failure
+while running, 130 interrupted."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from transmodal.errors import ConfigError, TransmodalError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("interrupted; continue with: transmodal train --resume RUN_DIR", file=sys.stderr)
-        return 130
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -78,13 +79,44 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
-        summary = run.resume(args.resume, quiet=args.quiet)
-        run_dir = args.resume
+        run_dir = _existing_run_dir(args.resume)
+        try:
+            summary = run.resume(run_dir, quiet=args.quiet)
+        except KeyboardInterrupt:
+            return _interrupted(run_dir)
     else:
-        summary, run_dir = run.train(load_experiment(args.config, args.overrides), quiet=args.quiet)
+        experiment = load_experiment(args.config, args.overrides)
+        run_dir = run.new_run_dir(experiment)  # made here rather than in run.train so that an interrupt can name it
+        try:
+            summary, _ = run.train(experiment, quiet=args.quiet, run_dir=run_dir)
+        except BaseException as error:
+            if not any(run_dir.iterdir()):
+                run_dir.rmdir()  # stopped before the run began (a config or data error): leave nothing behind
+            if isinstance(error, KeyboardInterrupt):
+                return _interrupted(run_dir)
+            raise
     print(_summary_table(summary))
     print(f"run directory: {run_dir}")
     return EXIT_OK
+
+
+def _interrupted(run_dir: Path) -> int:
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        print(f"interrupted; continue with: transmodal train --resume {run_dir}", file=sys.stderr)
+    else:
+        print("interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _existing_run_dir(path: Path) -> Path:
+    """``path`` if it is a run directory; a wrong path is the user's mistake (exit status 2), not a failure."""
+    from transmodal.config import did_you_mean
+
+    if not path.is_dir():
+        raise ConfigError(f"No run directory {path}.{did_you_mean(path)}")
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path} is not a run directory (no config.yaml)")
+    return path
 
 
 def _summary_table(summary: dict[str, Any]) -> str:
@@ -105,7 +137,7 @@ def _summary_table(summary: dict[str, Any]) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from transmodal import run
 
-    metrics, header = run.evaluate_run(args.run_dir, args.checkpoint, tuple(args.drop_modality))
+    metrics, header = run.evaluate_run(_existing_run_dir(args.run_dir), args.checkpoint, tuple(args.drop_modality))
     if args.json:
         print(json.dumps({**header, "dropped": args.drop_modality, "metrics": metrics}, indent=2))
         return EXIT_OK

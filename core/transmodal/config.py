@@ -102,6 +102,8 @@ class TrainerConfig(_Strict):
     log_every: int = Field(20, ge=1, description="Steps between progress updates (each one syncs the device).")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice.")
     flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
+    score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
+                                   "validator (on bounded samples); summary.json says which epoch each would pick.")
 
 
 class OutputConfig(_Strict):
@@ -133,13 +135,12 @@ class Experiment(_Strict):
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as file:
+            loaded = yaml.safe_load(file)  # from the file object, YAML errors name the file, not "<unicode string>"
     except FileNotFoundError:
-        raise ConfigError(f"Config file not found: {path}") from None
+        raise ConfigError(f"Config file not found: {path}.{did_you_mean(path)}") from None
     except OSError as error:
         raise ConfigError(f"Cannot read config file {path}: {error.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if loaded is None:
@@ -147,6 +148,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must contain a mapping of settings at the top level, got {type(loaded).__name__}")
     return loaded
+
+
+def did_you_mean(path: Path) -> str:
+    """A hint naming the entry of ``path``'s folder whose name is closest to ``path``'s, or "" if none is close."""
+    try:
+        siblings = [entry.name for entry in path.parent.iterdir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, siblings, n=1)
+    return f" Did you mean: {path.parent / close[0]}?" if close else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -192,11 +203,36 @@ def parse_experiment(raw: dict[str, Any], source: str = "config") -> Experiment:
 
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> Experiment:
-    raw = load_yaml(path) if path is not None else {}
-    if path is None:
-        raw = default_experiment_dict()
+    raw = load_yaml(path) if path is not None else default_experiment_dict()
     apply_overrides(raw, overrides or [])
+    _fill_default_names(raw, Experiment)
     return parse_experiment(raw, str(path) if path is not None else "the default experiment")
+
+
+def _fill_default_names(raw: dict[str, Any], model: type[BaseModel]) -> None:
+    """Name the default component where ``raw`` gives a component's parameters without its name.
+
+    ``--set data.dataset.train_size=400`` (or ``fusion: {hidden: 64}`` in a file) means "the default dataset,
+    with this parameter", so it keeps the name of the field's default (synthetic-shapes). Entries of a list
+    (adaptation) replace the default list as a whole, so they have no default to keep and must be named.
+    """
+    for key, value in raw.items():
+        field = model.model_fields.get(key)
+        if field is None or not isinstance(value, dict):
+            continue
+        annotation = _model_in(field.annotation)
+        origin = typing.get_origin(annotation)  # before issubclass: list[X] passes isinstance(.., type) on 3.10
+        if annotation is ComponentSpec:
+            default = field.get_default(call_default_factory=True)
+            if "name" not in value and isinstance(default, ComponentSpec):
+                raw[key] = {"name": default.name, **value}
+        elif origin is dict and typing.get_args(annotation)[-1] is ComponentSpec:
+            defaults = field.get_default(call_default_factory=True) or {}
+            for entry, spec in value.items():
+                if isinstance(spec, dict) and "name" not in spec and entry in defaults:
+                    value[entry] = {"name": defaults[entry].name, **spec}
+        elif origin is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _fill_default_names(value, annotation)
 
 
 def default_experiment_dict() -> dict[str, Any]:

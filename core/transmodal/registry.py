@@ -132,7 +132,9 @@ class Registry:
         provider = next((FIRST_PARTY_PROVIDERS.get(r.kind, {}).get(name) for r in registries
                          if name in FIRST_PARTY_PROVIDERS.get(r.kind, {})), None)
         if provider is not None:
-            lines.append(f"'{name}' is provided by {provider}: pip install {provider}")
+            # The first-party plugins are not published on PyPI: installing from a checkout is what works.
+            lines.append(f"'{name}' is provided by the plugin {provider}. From a transmodal checkout: "
+                         f"pip install -e plugins/{provider} (or pip install {provider} from an index that has it)")
         lines.append("List the available ones with: " + " / ".join(f"transmodal components {r.kind}" for r in registries))
         lines.extend(self.failure_notes())
         return "\n".join(lines)
