@@ -102,6 +102,10 @@ class TrainerConfig(_Strict):
     log_every: int = Field(20, ge=1, description="Steps between progress updates (each one syncs the device).")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice.")
     flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
+    batchnorm: Literal["per-domain", "joint"] = Field(
+        "per-domain", description="How target batches meet BatchNorm in training. per-domain: each domain is "
+                                  "normalised by its own statistics, in training and in evaluation (Chang et al., "
+                                  "2019); joint: one pass over both domains, normalised by their mixture.")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
 

@@ -20,7 +20,7 @@ from transmodal.config import Experiment, load_experiment
 from transmodal.errors import CheckpointError
 from transmodal.experiment import assemble
 from transmodal.plugins import Plugins
-from transmodal.trainer import Metrics, Trainer, load_model_weights
+from transmodal.trainer import Metrics, Trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -115,6 +115,6 @@ def evaluate_run(
             f"--drop-modality {', '.join(unknown)}: the model's modalities are {', '.join(assembled.model.modalities)}"
         )
     trainer = Trainer(assembled, quiet=True)
-    load_model_weights(trainer.model, state["model"])
+    trainer.load_weights(state)
     header = {"checkpoint": checkpoint, "epoch": state["epoch"], "selected_by": state.get("selected_by")}
     return trainer.evaluate(drop_modalities), header

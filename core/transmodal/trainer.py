@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from transmodal.checkpoint import save_checkpoint
 from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch
+from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import Assembled
 from transmodal.metrics import ClassificationMeter
@@ -31,6 +32,7 @@ from transmodal.strategy import ParamGroup, StepData, TrainingContext
 from transmodal.validator import Metrics, ValidationContext
 
 CHECKPOINT_FORMAT = 1
+SOURCE_PREFIX = "source/"  # evaluation splits of the source domain, e.g. "source/val"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,6 +75,9 @@ class Trainer:
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = self.steps_per_epoch * self.config.epochs
         self.needs_target = any(s.needs_unlabelled_target for s in self.strategies)
+        per_domain = self.config.batchnorm == "per-domain" and self.needs_target and batchnorm_layers(self.model)
+        self.target_statistics = TargetStatistics(self.model) if per_domain else None
+        self._evaluation_context = contextlib.ExitStack()
         context = TrainingContext(
             num_classes=self.model.num_classes,
             steps_per_epoch=self.steps_per_epoch,
@@ -140,8 +145,7 @@ class Trainer:
             evaluation = self.evaluate()
             self.epoch = epoch + 1
             improved, scores = self._update_best(evaluation)
-            for strategy in self.strategies:
-                strategy.after_evaluate(self.model)
+            self.finish_evaluation()
             record = {
                 "epoch": self.epoch,
                 "step": self.step,
@@ -204,6 +208,10 @@ class Trainer:
         implementations do: one BatchNorm pass over both domains), separately otherwise."""
         if target is None:
             return self.model(source), None
+        if self.config.batchnorm == "per-domain":
+            source_output = self.model(source)
+            with self._target_statistics():
+                return source_output, self.model(target)
         modalities = self.model.modalities
         if not all(m in source and m in target for m in modalities):
             return self.model(source), self.model(target)
@@ -250,12 +258,21 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, drop_modalities: tuple[str, ...] = ()) -> Metrics:
-        """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent."""
+        """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent.
+
+        Source splits are evaluated as the model trained; then the strategies prepare the model for the target
+        domain (``before_evaluate``: AdaBN's target statistics) and the other splits are evaluated, so that each
+        domain is measured as it would be deployed and source-val never sees target statistics. The model stays
+        prepared for the validators until ``after_evaluate``."""
         self.model.eval()
-        for strategy in self.strategies:
-            strategy.before_evaluate(self.model, self._unlabelled_batches())
+        source_first = sorted(self.data.evaluation, key=lambda name: not name.startswith(SOURCE_PREFIX))
+        prepared = False
         results: Metrics = {}
-        for name, loader in self.data.evaluation.items():
+        for name in source_first:
+            if not prepared and not name.startswith(SOURCE_PREFIX):
+                self._prepare_for_target()
+                prepared = True
+            loader = self.data.evaluation[name]
             meter = ClassificationMeter(self.model.num_classes, self.device)
             for batch in loader.epoch():
                 batch = move_batch(batch, self.device)
@@ -265,7 +282,24 @@ class Trainer:
                     logits = self.model(batch).logits
                 meter.update(logits, batch["label"])
             results[name] = meter.compute()
-        return results
+        if not prepared:
+            self._prepare_for_target()
+        return {name: results[name] for name in self.data.evaluation}
+
+    def _prepare_for_target(self) -> None:
+        self._evaluation_context.enter_context(self._target_statistics())
+        for strategy in self.strategies:
+            strategy.before_evaluate(self.model, self._unlabelled_batches())
+
+    def finish_evaluation(self) -> None:
+        """Undo what evaluation prepared for the target domain, before training goes on."""
+        for strategy in self.strategies:
+            strategy.after_evaluate(self.model)
+        self._evaluation_context.close()
+
+    def _target_statistics(self) -> contextlib.AbstractContextManager:
+        """The target's own BatchNorm statistics in the model (per-domain BatchNorm), or nothing to change."""
+        return self.target_statistics.active() if self.target_statistics is not None else contextlib.nullcontext()
 
     def _update_best(self, evaluation: Metrics) -> tuple[bool, dict[str, float]]:
         """Score the run's validator, which keeps best.pt, and the panel of label-free validators on the same
@@ -318,6 +352,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
+            **({"target_batchnorm": self.target_statistics.state_dict()} if self.target_statistics else {}),
             "tokenizers": {m: t.state() for m, t in self.data.tokenizers.items()},
             "classes": list(self.data.bundle.classes),
             "selected_by": self.validator.describe(),
@@ -350,7 +385,7 @@ class Trainer:
         saved = [entry["name"] for entry in state["strategies"]]
         if saved != [s.name for s in self.strategies]:
             raise CheckpointError(f"checkpoint was made with strategies {saved}, not {[s.name for s in self.strategies]}")
-        load_model_weights(self.model, state["model"])
+        self.load_weights(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -363,6 +398,15 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """The model's weights and, with per-domain BatchNorm, the target's statistics."""
+        load_model_weights(self.model, state["model"])
+        if self.target_statistics is not None:
+            if "target_batchnorm" not in state:
+                raise CheckpointError("checkpoint has no target BatchNorm statistics, but this run uses "
+                                      "trainer.batchnorm: per-domain")
+            self.target_statistics.load_state_dict(state["target_batchnorm"])
 
     def summary(self, samples_per_second: float | None = None) -> dict[str, Any]:
         final = self.history[-1] if self.history else {}
@@ -408,3 +452,4 @@ def _concat_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         first = nn.functional.pad(first, (0, width - first.shape[1]), value=PAD_ID)
         second = nn.functional.pad(second, (0, width - second.shape[1]), value=PAD_ID)
     return torch.cat([first, second])
+

@@ -55,6 +55,8 @@ def build_glyphs(params: GlyphsParams, seed: int = 0) -> DatasetBundle:
         evaluation={
             "source/val": _split(params, source, "val", params.val_size, SOURCE_DOMAIN),
             "target/test": _split(params, target, "target_test", params.target_test_size, TARGET_DOMAIN),
+            **{f"test/{domain}": _split(params, [domain], "target_test", params.target_test_size, TARGET_DOMAIN)
+               for domain in params.also_test if domain != params.target},
         },
         unlabelled=unlabelled,
         description=f"glyphs {params.characters}: {' + '.join(source)} -> {params.target}",

@@ -23,6 +23,8 @@ class GlyphsParams(BaseModel):
     val_size: int = Field(1000, ge=1, le=1_000_000, description="Source validation samples per source domain.")
     target_train_size: int = Field(5000, ge=0, le=1_000_000, description="Unlabelled target training samples.")
     target_test_size: int = Field(2000, ge=1, le=1_000_000, description="Labelled target test samples.")
+    also_test: list[Domain] = Field([], description="More labelled test splits, 'test/<domain>' (same size as "
+                                                    "target/test), to see the transfer to other domains in one run.")
     image_size: int = Field(32, ge=16, le=128)
     seed: int = Field(0, ge=0, lt=2**31, description="Seed of the rendered data (independent of training).")
 

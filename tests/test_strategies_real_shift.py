@@ -1,0 +1,71 @@
+"""Every strategy that adapts to a target domain, at its defaults, on a small real shift (glyphs: scanned serif
+digits -> printed sans-serif digits): none may end below source-only by more than the seed-to-seed spread.
+
+The strategies that only schedule or restrict fine-tuning (linear-probe, freeze, lp-ft, ...) protect pretrained
+encoders; these encoders train from scratch, so they are not judged here.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transmodal_glyphs")
+
+import transmodal  # noqa: E402
+from transmodal.config import parse_experiment  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SEEDS = (0, 1)
+MIN_SPREAD = 0.03  # two seeds estimate a spread poorly; never ask for more than 3 points of agreement
+
+ADAPTATION = {
+    "adabn": [{"name": "adabn"}],
+    "dann": [{"name": "dann"}],
+    "cdan": [{"name": "cdan"}],
+    "cdan+e": [{"name": "cdan", "entropy": True}],
+    "mmd": [{"name": "mmd"}],
+    "coral": [{"name": "coral"}],
+    "entropy-min": [{"name": "entropy-min"}],
+    "mcc": [{"name": "mcc"}],
+    "pseudo-label": [{"name": "pseudo-label"}],
+}
+
+
+def target_accuracies(tmp_path: Path, adaptation: list[dict[str, Any]]) -> list[float]:
+    accuracies = []
+    for seed in SEEDS:
+        experiment = parse_experiment({
+            "name": "real-shift",
+            "data": {"dataset": {"name": "glyphs", "source": "scan", "target": "print", "train_size": 800,
+                                 "val_size": 200, "target_train_size": 800, "target_test_size": 400,
+                                 "image_size": 16}},
+            "model": {"encoders": {"image": {"name": "small-cnn", "channels": [8, 16]}},
+                      "fusion": {"name": "concat", "hidden": 32}},
+            "adaptation": adaptation,
+            "optimizer": {"name": "sgd", "lr": 0.03, "momentum": 0.9, "weight_decay": 0.0005},
+            "schedule": {"name": "annealed"},
+            "trainer": {"epochs": 10, "batch_size": 32, "num_threads": 1, "seed": seed,
+                        "score_validators": False},
+            "output": {"dir": str(tmp_path / "runs")},
+        })
+        summary, _ = transmodal.train(experiment, quiet=True)
+        accuracies.append(summary["best"]["target/test"]["accuracy"])
+    return accuracies
+
+
+@pytest.fixture(scope="module")
+def source_only(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
+    return target_accuracies(tmp_path_factory.mktemp("source-only"), [{"name": "finetune"}])
+
+
+@pytest.mark.parametrize("label", sorted(ADAPTATION))
+def test_strategy_does_not_end_below_source_only_on_a_real_shift(label: str, source_only: list[float],
+                                                                   tmp_path: Path):
+    adapted = target_accuracies(tmp_path, ADAPTATION[label])
+    spread = max(statistics.stdev(source_only), statistics.stdev(adapted), MIN_SPREAD)
+    assert statistics.mean(adapted) >= statistics.mean(source_only) - spread, (label, adapted, source_only)
