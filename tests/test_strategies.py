@@ -114,6 +114,17 @@ def test_coral_and_mmd_stay_exact_far_from_zero():
     assert float(mmd(source, target)) == pytest.approx(float(expected_mmd), rel=1e-5)
 
 
+def test_mmd_of_identical_features_is_zero_with_a_finite_gradient_when_denormals_are_flushed():
+    torch.set_flush_denormal(True)  # as the trainer does on CPU
+    try:
+        features = torch.zeros(8, 4, requires_grad=True)
+        value = mmd(features, torch.zeros(8, 4))
+        value.backward()
+    finally:
+        torch.set_flush_denormal(False)  # torch's default (it has no getter)
+    assert value.item() == 0.0 and torch.isfinite(features.grad).all()
+
+
 def test_class_confusion_matches_the_papers_formula_written_out():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0], [1.0, 1.0, -2.0]])
     t = 2.5

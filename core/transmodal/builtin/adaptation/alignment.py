@@ -118,7 +118,9 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel: str = "gaussian", ke
     distances = (squares[:, None] + squares[None, :] - 2.0 * joint @ joint.T).clamp(min=0)
     n = joint.shape[0]
     base = distances.detach().sum() / max(1, n * n - n)
-    base = base.clamp(min=torch.finfo(base.dtype).tiny)
+    # Floor far above float32's smallest normal: the narrowest bandwidth is base / multiplier^(kernels // 2), and
+    # with denormals flushed a tiny base became 0, so identical features gave 0 / 0 = NaN.
+    base = base.clamp(min=1e-12)
     k = sum(torch.exp(-distances / (base * multiplier ** (i - kernels // 2))) for i in range(kernels))
     size = source.shape[0]
     return k[:size, :size].mean() + k[size:, size:].mean() - 2.0 * k[:size, size:].mean()
