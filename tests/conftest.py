@@ -60,3 +60,19 @@ def tiny(tmp_path: Path):
         return parse_experiment(tiny_experiment_dict(tmp_path, *overrides))
 
     return make
+
+
+def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, stop_at_step: int) -> Any:
+    """Make the trainer raise KeyboardInterrupt (Ctrl-C) when it reaches ``stop_at_step``; returns the original
+    ``train_step`` so that a test can put it back."""
+    import transmodal
+
+    original_step = transmodal.Trainer.train_step
+
+    def interrupted_step(self, source, target=None):
+        if self.step == stop_at_step:
+            raise KeyboardInterrupt
+        return original_step(self, source, target)
+
+    monkeypatch.setattr(transmodal.Trainer, "train_step", interrupted_step)
+    return original_step

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import transmodal
-from conftest import tiny_experiment_dict
+from conftest import interrupt_training_at, tiny_experiment_dict
 from transmodal.cli import main
 
 
@@ -72,14 +71,7 @@ def test_wrong_paths_exit_2_and_suggest_a_near_match(tmp_path: Path, capsys: pyt
 ])
 def test_ctrl_c_says_how_to_continue_this_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture, stop_at_step: int, message: str):
-    original_step = transmodal.Trainer.train_step
-
-    def interrupted_step(self, source, target=None):
-        if self.step == stop_at_step:
-            raise KeyboardInterrupt
-        return original_step(self, source, target)
-
-    monkeypatch.setattr(transmodal.Trainer, "train_step", interrupted_step)
+    interrupt_training_at(monkeypatch, stop_at_step)
     assert main(["train", str(write_config(tmp_path, "output.name=stopped")), "--quiet"]) == 130
     assert message.format(run_dir=tmp_path / "runs" / "stopped") in capsys.readouterr().err
 

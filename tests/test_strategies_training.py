@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 import transmodal
+from conftest import interrupt_training_at
 from transmodal.config import parse_experiment
 from transmodal.data import DatasetBundle, Split
 from transmodal.errors import ConfigError
@@ -117,14 +118,7 @@ def stop_and_resume(
 ) -> tuple[Path, Path]:
     """Train ``make('full')`` to the end; train ``make('stopped')`` until ``stop_at_step``, then resume it."""
     _, full_dir = transmodal.train(make("full"), quiet=True)
-    original_step = transmodal.Trainer.train_step
-
-    def interrupted_step(self, source, target=None):
-        if self.step == stop_at_step:
-            raise KeyboardInterrupt
-        return original_step(self, source, target)
-
-    monkeypatch.setattr(transmodal.Trainer, "train_step", interrupted_step)
+    original_step = interrupt_training_at(monkeypatch, stop_at_step)
     with pytest.raises(KeyboardInterrupt):
         transmodal.train(make("stopped"), quiet=True)
     monkeypatch.setattr(transmodal.Trainer, "train_step", original_step)
