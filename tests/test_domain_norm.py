@@ -43,3 +43,23 @@ def test_per_domain_runs_keep_target_statistics_in_checkpoints_and_evaluate_each
     # Joint BatchNorm, same seed: the target is normalised by the mixture, so its numbers differ.
     joint, _ = transmodal.train(tiny("trainer.batchnorm=joint", "output.name=joint"), quiet=True)
     assert joint["final"]["target/test"] != summary["final"]["target/test"]
+
+
+def test_validators_see_source_batches_with_source_statistics_and_target_batches_with_the_targets(
+        tiny, monkeypatch):
+    seen: list[tuple[bool, bool]] = []  # (a target batch, the target's statistics in the model)
+    original = transmodal.Trainer._batches
+
+    def watched(self, loader):
+        for batch in original(self, loader):
+            first = batchnorm_layers(self.model)[0]
+            seen.append((loader is self.data.unlabelled,
+                         first.running_mean is self.target_statistics.buffers[0]["running_mean"]))
+            yield batch
+
+    monkeypatch.setattr(transmodal.Trainer, "_batches", watched)
+    transmodal.train(tiny("validator={name: dev}"), quiet=True)
+    source = [installed for is_target, installed in seen if not is_target]
+    target = [installed for is_target, installed in seen if is_target]
+    assert source and not any(source)
+    assert target and all(target)

@@ -11,7 +11,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,14 @@ from tqdm import tqdm
 from transmodal.checkpoint import save_checkpoint
 from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
-from transmodal.errors import CheckpointError, ConfigError
+from transmodal.errors import CheckpointError, ConfigError, DataError
 from transmodal.experiment import Assembled
 from transmodal.metrics import ClassificationMeter
 from transmodal.model import ModelOutput
 from transmodal.optim import build_optimizer, build_scheduler
 from transmodal.selection import build_panel, panel_choices, score_panel
 from transmodal.strategy import ParamGroup, StepData, TrainingContext
-from transmodal.validator import Metrics, ValidationContext
+from transmodal.validator import SOURCE_TRAIN, SOURCE_VAL, Metrics, ValidationContext
 
 CHECKPOINT_FORMAT = 1
 SOURCE_PREFIX = "source/"  # evaluation splits of the source domain, e.g. "source/val"
@@ -142,9 +142,11 @@ class Trainer:
             epoch_started = time.perf_counter()
             train_metrics, epoch_samples = self.train_epoch(epoch)
             samples += epoch_samples
-            evaluation = self.evaluate()
+            context = self._validation_context()
+            evaluation = self.evaluate(before_target=lambda: self._run_source_passes(context))
+            context.metrics = evaluation
             self.epoch = epoch + 1
-            improved, scores = self._update_best(evaluation)
+            improved, scores = self._update_best(context)
             self.finish_evaluation()
             record = {
                 "epoch": self.epoch,
@@ -204,8 +206,9 @@ class Trainer:
         return self.data.unlabelled.stream(epoch * self.steps_per_epoch)
 
     def forward_pair(self, source: Batch, target: Batch | None) -> tuple[ModelOutput, ModelOutput | None]:
-        """Source and target through the model in one pass when they carry the same modalities (as DANN
-        implementations do: one BatchNorm pass over both domains), separately otherwise."""
+        """Source and target outputs of one step. per-domain BatchNorm: two passes, the target's with its own
+        running statistics (see domain_norm.py). joint: one pass over both when they carry the same modalities (as
+        DANN implementations do: BatchNorm normalises the mixture), separately otherwise."""
         if target is None:
             return self.model(source), None
         if self.config.batchnorm == "per-domain":
@@ -257,20 +260,21 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def evaluate(self, drop_modalities: tuple[str, ...] = ()) -> Metrics:
+    def evaluate(self, drop_modalities: tuple[str, ...] = (),
+                 before_target: Callable[[], None] | None = None) -> Metrics:
         """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent.
 
         Source splits are evaluated as the model trained; then the strategies prepare the model for the target
         domain (``before_evaluate``: AdaBN's target statistics) and the other splits are evaluated, so that each
         domain is measured as it would be deployed and source-val never sees target statistics. The model stays
-        prepared for the validators until ``after_evaluate``."""
+        prepared for the validators until ``finish_evaluation``; ``before_target`` runs just before it is prepared."""
         self.model.eval()
         source_first = sorted(self.data.evaluation, key=lambda name: not name.startswith(SOURCE_PREFIX))
         prepared = False
         results: Metrics = {}
         for name in source_first:
             if not prepared and not name.startswith(SOURCE_PREFIX):
-                self._prepare_for_target()
+                self._prepare_for_target(before_target)
                 prepared = True
             loader = self.data.evaluation[name]
             meter = ClassificationMeter(self.model.num_classes, self.device)
@@ -283,10 +287,12 @@ class Trainer:
                 meter.update(logits, batch["label"])
             results[name] = meter.compute()
         if not prepared:
-            self._prepare_for_target()
+            self._prepare_for_target(before_target)
         return {name: results[name] for name in self.data.evaluation}
 
-    def _prepare_for_target(self) -> None:
+    def _prepare_for_target(self, before: Callable[[], None] | None) -> None:
+        if before is not None:
+            before()
         self._evaluation_context.enter_context(self._target_statistics())
         for strategy in self.strategies:
             strategy.before_evaluate(self.model, self._unlabelled_batches())
@@ -301,15 +307,26 @@ class Trainer:
         """The target's own BatchNorm statistics in the model (per-domain BatchNorm), or nothing to change."""
         return self.target_statistics.active() if self.target_statistics is not None else contextlib.nullcontext()
 
-    def _update_best(self, evaluation: Metrics) -> tuple[bool, dict[str, float]]:
+    def _validation_context(self) -> ValidationContext:
+        """One context for the run's validator and the panel, so that they share each forward pass."""
+        return ValidationContext(
+            self.model, {}, self._unlabelled_batches, self.autocast,
+            source_val_batches=lambda: self._batches(self.data.evaluation.get(SOURCE_VAL)),
+            source_train_batches=lambda: self._batches(self.data.train),
+        )
+
+    def _run_source_passes(self, context: ValidationContext) -> None:
+        """The source passes that validators will read, made while the model still holds the source's state."""
+        samples = max((v.source_samples for v in (self.validator, *self.panel.values())), default=0)
+        if samples > 0:
+            for split in (SOURCE_VAL, SOURCE_TRAIN):
+                with contextlib.suppress(DataError):  # a split the data lacks: the validator says so itself
+                    context.outputs(split, samples)
+
+    def _update_best(self, context: ValidationContext) -> tuple[bool, dict[str, float]]:
         """Score the run's validator, which keeps best.pt, and the panel of label-free validators on the same
         forward passes; returns whether this epoch is the best so far, and the panel's scores."""
         self.model.eval()
-        context = ValidationContext(
-            self.model, evaluation, self._unlabelled_batches, self.autocast,
-            source_val_batches=lambda: self._batches(self.data.evaluation.get("source/val")),
-            source_train_batches=lambda: self._batches(self.data.train),
-        )
         with torch.inference_mode():
             value = float(self.validator.score(context))
             scores = score_panel(self.panel, context)

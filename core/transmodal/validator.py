@@ -111,6 +111,10 @@ class Validator:
     name: str = "validator"
     oracle: bool = False  # reads target labels: an upper bound, never a result
     needs_unlabelled_target: bool = False
+    # Runs source batches through the model (not only their metrics), on at most this many samples per split. The
+    # trainer runs those passes before it prepares the model for the target domain (target BatchNorm statistics),
+    # so that source samples are seen as the model sees the source.
+    source_samples: int = 0
 
     def describe(self) -> str:
         return self.name

@@ -147,6 +147,7 @@ class DEVValidator(Validator):
 
     def __init__(self, params: DEVParams) -> None:
         self.params = params
+        self.source_samples = params.max_samples
 
     def describe(self) -> str:
         return "dev (minus the importance-weighted source/val loss, You et al. 2019; no target labels)"
