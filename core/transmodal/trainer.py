@@ -8,6 +8,7 @@ batch. Nothing in the step synchronises the device: losses are summed on the dev
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -143,7 +144,7 @@ class Trainer:
             train_metrics, epoch_samples = self.train_epoch(epoch)
             samples += epoch_samples
             context = self._validation_context()
-            evaluation = self.evaluate(before_target=lambda: self._run_source_passes(context))
+            evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context))
             context.metrics = evaluation
             self.epoch = epoch + 1
             improved, scores = self._update_best(context)
