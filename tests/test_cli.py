@@ -122,3 +122,14 @@ def test_import_does_not_load_heavy_plugin_dependencies():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_diverging_run_stops_with_the_epoch_and_keeps_no_checkpoint_of_it(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture):
+    config = write_config(tmp_path, "output.name=diverged", "optimizer.lr=1e9")
+    assert main(["train", str(config), "--quiet"]) == 1
+    message = capsys.readouterr().err
+    assert "training diverged: the mean loss of epoch 1 (steps 1-8)" in message
+    assert "no checkpoint was written" in message and "lower optimizer.lr" in message
+    run_dir = tmp_path / "runs" / "diverged"
+    assert not (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "metrics.jsonl").exists()

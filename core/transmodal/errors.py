@@ -29,3 +29,7 @@ class DataError(TransmodalError):
 
 class CheckpointError(TransmodalError):
     """A checkpoint or run directory cannot be read or does not fit the model."""
+
+
+class TrainingDiverged(TransmodalError):
+    """The training loss became NaN or infinite (CLI exit status 1); the epoch's checkpoint is not written."""

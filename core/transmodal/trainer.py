@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from transmodal.checkpoint import save_checkpoint
 from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
-from transmodal.errors import CheckpointError, ConfigError, DataError
+from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from transmodal.experiment import Assembled
 from transmodal.metrics import ClassificationMeter
 from transmodal.model import ModelOutput
@@ -142,6 +143,7 @@ class Trainer:
         for epoch in range(self.epoch, self.config.epochs):
             epoch_started = time.perf_counter()
             train_metrics, epoch_samples = self.train_epoch(epoch)
+            self._check_finite(epoch, train_metrics["loss"])
             samples += epoch_samples
             context = self._validation_context()
             evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context))
@@ -166,6 +168,18 @@ class Trainer:
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _check_finite(self, epoch: int, loss: float) -> None:
+        """Stop at the end of an epoch whose mean loss is not finite, before its checkpoint would overwrite the
+        last good one (checked once per epoch: a check every step would synchronise the device every step)."""
+        if math.isfinite(loss):
+            return
+        first, last = epoch * self.steps_per_epoch + 1, (epoch + 1) * self.steps_per_epoch
+        kept = (f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'} (epoch {self.epoch})"
+                if self.run_dir is not None and self.epoch > 0 else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"training diverged: the mean loss of epoch {epoch + 1} (steps {first}-{last}) is {loss}; {kept}. "
+            f"Resuming would diverge again: lower optimizer.lr or set optimizer.grad_clip, then train anew.")
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
         self.model.train()
