@@ -9,13 +9,10 @@ import torch
 from torch import nn
 
 from transmodal.builtin.adaptation.params import AdaBNParams
+from transmodal.domain_norm import batchnorm_layers
 from transmodal.errors import ConfigError, DataError
 from transmodal.model import TransmodalModel
 from transmodal.strategy import Strategy, TrainingContext
-
-
-def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 class _Moments:
@@ -67,7 +64,7 @@ class AdaBN(Strategy):
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
-        if not batchnorms(model):
+        if not batchnorm_layers(model):
             raise ConfigError("adaptation: adabn re-estimates BatchNorm statistics, but this model has no BatchNorm "
                               "layer (with running statistics); remove adabn or use an encoder with BatchNorm")
 
@@ -78,7 +75,7 @@ class AdaBN(Strategy):
 
     def before_evaluate(self, model: TransmodalModel, target_batches: Iterable[dict[str, torch.Tensor]]) -> None:
         self.after_evaluate(model)  # evaluated twice in a row: start again from the source statistics
-        layers = batchnorms(model)
+        layers = batchnorm_layers(model)
         moments = [_Moments() for _ in layers]
         handles = [layer.register_forward_pre_hook(m) for layer, m in zip(layers, moments)]
         self.saved = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in layers]
@@ -105,7 +102,7 @@ class AdaBN(Strategy):
     def after_evaluate(self, model: TransmodalModel) -> None:
         if self.saved is None:
             return
-        for layer, (mean, var) in zip(batchnorms(model), self.saved):
+        for layer, (mean, var) in zip(batchnorm_layers(model), self.saved):
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
         self.saved = None
