@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from pydantic import BaseModel, ConfigDict
+
 import transmodal
+from transmodal.config import parse_experiment
 from transmodal.checkpoint import load_checkpoint, save_checkpoint
 from transmodal.errors import CheckpointError, ConfigError
+from transmodal.data import DatasetBundle, Split
+from transmodal.experiment import assemble
 from transmodal.metrics import ClassificationMeter
+from transmodal.plugins import Plugins
 from transmodal.run import evaluate_run, resume
 
 
@@ -158,3 +164,40 @@ def test_meter_matches_hand_computed_accuracy_and_macro_f1():
     # per class F1: class 0 p=1/2 r=1/2 -> .5; class 1 p=2/3 r=1 -> .8; class 2 p=1 r=1/2 -> 2/3
     assert result["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert result["samples"] == 6
+
+
+
+class _NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _DefinitionsToSentences:
+    """Two text domains whose vocabularies differ: the target's verbs never occur in the labelled source."""
+
+    @transmodal.hookimpl
+    def register_datasets(self, register):
+        def build(params, seed):
+            def split(texts: list[str], labelled: bool) -> Split:
+                return Split({"text": texts, "label": torch.arange(len(texts)) % 2} if labelled else {"text": texts})
+
+            return DatasetBundle(
+                modalities={"text": "text"}, classes=["eat", "walk"],
+                train=split(["take in food", "move on foot"] * 4, True),
+                evaluation={"source/val": split(["take in food", "move on foot"], True)},
+                unlabelled=split(["she devoured the pie", "they strolled home"], False),
+            )
+        register("definitions-to-sentences", build, _NoParams, "Two text domains.")
+
+
+@pytest.mark.parametrize("fit_on, target_words_known", [("train", False), ("train+unlabelled", True)])
+def test_tokenizer_learns_target_words_only_when_asked(tmp_path: Path, fit_on: str, target_words_known: bool):
+    experiment = parse_experiment({
+        "data": {"dataset": {"name": "definitions-to-sentences"}, "tokenizer_fit": fit_on},
+        "model": {"encoders": {"text": {"name": "bow", "embedding_dim": 8}}},
+        "output": {"dir": str(tmp_path)},
+    })
+    plugins = Plugins(entry_points=[], extra_plugins=[("text-domains", _DefinitionsToSentences())])
+    vocabulary = assemble(experiment, plugins).data.tokenizers["text"].vocabulary()
+    assert {"food", "foot"} <= set(vocabulary)
+    target_words = {"devoured", "strolled"} & set(vocabulary)
+    assert target_words == ({"devoured", "strolled"} if target_words_known else set())

@@ -45,7 +45,12 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="synthetic-shapes"))
     tokenizer: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="word"), description="Fitted on the training split's texts."
+        default_factory=lambda: ComponentSpec(name="word"), description="Fitted on the texts of tokenizer_fit."
+    )
+    tokenizer_fit: Literal["train", "train+unlabelled"] = Field(
+        "train", description="Texts the tokenizer's vocabulary is learnt from: the labelled training split, or also "
+        "the unlabelled target texts (no labels are read), so that words only the target domain uses get their "
+        "own tokens for adaptation to align.",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Batched image augmentation.")
     bucket_by_length: bool = Field(False, description="Group texts of similar length into batches.")

@@ -55,6 +55,13 @@ def _build(resolved: ResolvedComponent, *context: Any, **keywords: Any) -> Any:
     return resolved.component.load_factory()(resolved.params, *context, **keywords)
 
 
+def _tokenizer_texts(bundle: DatasetBundle, modality: str, fit_on: str) -> list[str]:
+    texts = list(bundle.train.data[modality])
+    if fit_on == "train+unlabelled" and bundle.unlabelled is not None and modality in bundle.unlabelled.data:
+        texts += list(bundle.unlabelled.data[modality])
+    return texts
+
+
 def prepare_data(
     experiment: Experiment, components: dict[str, ResolvedComponent], tokenizer_states: dict[str, str]
 ) -> PreparedData:
@@ -76,7 +83,8 @@ def prepare_data(
         kind = bundle.modalities[modality]
         if kind == "text":
             tokenizer = _build(
-                components["data.tokenizer"], list(bundle.train.data[modality]), state=tokenizer_states.get(modality)
+                components["data.tokenizer"], _tokenizer_texts(bundle, modality, experiment.data.tokenizer_fit),
+                state=tokenizer_states.get(modality),
             )
             for split in splits:
                 split.data[modality] = tokenizer.encode_batch(list(split.data[modality]))

@@ -1,0 +1,1 @@
+"""transmodal-wordnet: WordNet's definitions and usage sentences as a real text domain shift."""
