@@ -33,7 +33,7 @@ __all__ = [
     "Assembled", "BatchLoader", "CheckpointError", "ComponentSpec", "ConfigError", "DataError", "DatasetBundle",
     "DuplicateComponentError", "Encoder", "Experiment", "Fusion", "ImageInput", "ModalitySpec", "ModelOutput",
     "NoParams", "PAD_ID", "ParamGroup", "PluginLoadError", "PluginWarning", "RunDirectoryError", "Split",
-    "StepData", "Strategy", "Trainer", "TrainingContext", "TransmodalError", "TransmodalModel", "UNK_ID", "UnknownComponentError",
-    "assemble", "evaluate_run", "get_plugins", "hookimpl", "load_experiment", "pool_tokens", "presence",
+    "StepData", "Strategy", "Trainer", "TrainingContext", "TransmodalError", "TransmodalModel", "UNK_ID",
+    "UnknownComponentError", "assemble", "evaluate_run", "get_plugins", "hookimpl", "load_experiment", "pool_tokens", "presence",
     "resume", "train", "validate_components",
 ]
