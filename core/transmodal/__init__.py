@@ -34,6 +34,6 @@ __all__ = [
     "DuplicateComponentError", "Encoder", "Experiment", "Fusion", "ImageInput", "ModalitySpec", "ModelOutput",
     "NoParams", "PAD_ID", "ParamGroup", "PluginLoadError", "PluginWarning", "RunDirectoryError", "Split",
     "StepData", "Strategy", "Trainer", "TrainingContext", "TransmodalError", "TransmodalModel", "UNK_ID",
-    "UnknownComponentError", "assemble", "evaluate_run", "get_plugins", "hookimpl", "load_experiment", "pool_tokens", "presence",
-    "resume", "train", "validate_components",
+    "UnknownComponentError", "assemble", "evaluate_run", "get_plugins", "hookimpl", "load_experiment",
+    "pool_tokens", "presence", "resume", "train", "validate_components",
 ]

@@ -19,7 +19,9 @@ from transmodal.config import Experiment, load_experiment
 from transmodal.errors import CheckpointError
 from transmodal.experiment import assemble
 from transmodal.plugins import Plugins
-from transmodal.run_dir import CHECKPOINTS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints
+from transmodal.run_dir import (
+    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints,
+)
 from transmodal.trainer import Metrics, Trainer
 
 
@@ -85,7 +87,7 @@ def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -
 def _keep_metrics_until(run_dir: Path, epochs_done: int, checkpoint: Path) -> None:
     damaged, damaged_path = keep_metrics_until(run_dir, epochs_done)
     if damaged:
-        _notice(f"{damaged} damaged line{'s' * (damaged > 1)} of {run_dir / 'metrics.jsonl'} set aside in "
+        _notice(f"{damaged} damaged line{'s' * (damaged > 1)} of {run_dir / METRICS} set aside in "
                 f"{damaged_path}; the run continues from {checkpoint.name} (epoch {epochs_done})")
 
 

@@ -427,7 +427,9 @@ class Trainer:
             if "cuda" in state["rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"its training state does not fit this run ({type(error).__name__}: {error})") from None
+            raise CheckpointError(
+                f"its training state does not fit this run ({type(error).__name__}: {error})"
+            ) from None
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = dict(state["best"])
         self.history = list(state["history"])
