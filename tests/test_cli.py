@@ -66,7 +66,8 @@ def test_wrong_paths_exit_2_and_suggest_a_near_match(tmp_path: Path, capsys: pyt
 
 
 @pytest.mark.parametrize("stop_at_step, message", [
-    (3, "interrupted before the first checkpoint; nothing to resume"),
+    (3, "interrupted before the first checkpoint; train again from the beginning with: "
+        "transmodal train --resume {run_dir}"),
     (256 // 32 + 3, "interrupted; continue with: transmodal train --resume {run_dir}"),
 ])
 def test_ctrl_c_says_how_to_continue_this_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

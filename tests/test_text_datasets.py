@@ -213,7 +213,7 @@ def test_text_csv_errors_name_the_problem(plugins: Plugins, tmp_path: Path) -> N
     with pytest.raises(DataError, match="line 2: label 'pos' is not one of the classes"):
         build(plugins, "text-csv", path=str(path), classes=["negative", "positive"])
     (tmp_path / "empty_label.csv").write_text("text,label\nfine,pos\nalso fine,\n", encoding="utf-8")
-    with pytest.raises(DataError, match="line 3: 'label' is empty"):
+    with pytest.raises(DataError, match="line 3: no label in 'label'"):
         build(plugins, "text-csv", path=str(tmp_path / "empty_label.csv"))
     (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": 1}\n{"text": \n', encoding="utf-8")
     with pytest.raises(DataError, match="line 2 is not valid JSON"):

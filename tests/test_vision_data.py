@@ -3,6 +3,7 @@ training end to end. Nothing is downloaded: the tests write small files in the e
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import tarfile
 from pathlib import Path
@@ -40,9 +41,18 @@ def _pixels(count: int, seed: int) -> np.ndarray:
     return (images * 255).to(torch.uint8).reshape(count, 3072).numpy()
 
 
-def write_cifar10(root: Path, per_batch: int = 10, test: int = 10, extract: bool = False) -> Path:
+def trust_archive(monkeypatch: pytest.MonkeyPatch, archive: Path) -> None:
+    """Make ``archive``'s MD5 the one CIFAR-10's is checked against, as if it were the real archive."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+
+
+def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch | None = None, per_batch: int = 10, test: int = 10,
+                  extract: bool = False) -> Path:
     """A CIFAR-10 python-version archive: five training batches, a test batch and batches.meta, pickled
-    dicts of a uint8 (N, 3072) array and a label list, as in cifar-10-python.tar.gz."""
+    dicts of a uint8 (N, 3072) array and a label list, as in cifar-10-python.tar.gz. With ``monkeypatch``, its
+    checksum passes as the real archive's."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     sizes = {f"data_batch_{i}": per_batch for i in range(1, 6)} | {"test_batch": test}
@@ -61,6 +71,8 @@ def write_cifar10(root: Path, per_batch: int = 10, test: int = 10, extract: bool
     for path in folder.iterdir():
         path.unlink()
     folder.rmdir()
+    if monkeypatch is not None:
+        trust_archive(monkeypatch, archive)
     return archive
 
 
@@ -71,8 +83,8 @@ def build(plugins: Plugins, name: str, **params):
 # -- CIFAR ----------------------------------------------------------------------------------------------------
 
 
-def test_cifar10_archive_is_extracted_and_loaded_in_memory(tmp_path, plugins):
-    write_cifar10(tmp_path)
+def test_cifar10_archive_is_extracted_and_loaded_in_memory(tmp_path, plugins, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch)
     bundle = build(plugins, "cifar10", root=str(tmp_path), val_size=10)
     assert bundle.classes == CIFAR10_CLASSES
     assert bundle.modalities == {"image": "image"}
@@ -89,8 +101,8 @@ def test_cifar10_archive_is_extracted_and_loaded_in_memory(tmp_path, plugins):
     assert any(torch.equal(first, image) for image in loaded)
 
 
-def test_cifar10_split_depends_on_its_seed_only(tmp_path, plugins):
-    write_cifar10(tmp_path)
+def test_cifar10_split_depends_on_its_seed_only(tmp_path, plugins, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch)
     first = build(plugins, "cifar10", root=str(tmp_path), val_size=10, seed=1)
     again = plugins.get("dataset", "cifar10").build(99, root=str(tmp_path), val_size=10, seed=1)  # other training seed
     other = build(plugins, "cifar10", root=str(tmp_path), val_size=10, seed=2)
@@ -98,8 +110,8 @@ def test_cifar10_split_depends_on_its_seed_only(tmp_path, plugins):
     assert not torch.equal(first.evaluation["source/val"].data["image"], other.evaluation["source/val"].data["image"])
 
 
-def test_cifar10_sizes_cap_the_splits(tmp_path, plugins):
-    write_cifar10(tmp_path)
+def test_cifar10_sizes_cap_the_splits(tmp_path, plugins, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch)
     bundle = build(plugins, "cifar10", root=str(tmp_path), val_size=5, train_size=7, test_size=4)
     assert len(bundle.train) == 7 and len(bundle.evaluation["source/test"]) == 4
 
@@ -147,15 +159,16 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, plugins):
     assert not marker.exists()
 
 
-def test_damaged_archive_gives_a_clear_error(tmp_path, plugins):
+def test_damaged_archive_gives_a_clear_error(tmp_path, plugins, monkeypatch):
     archive = write_cifar10(tmp_path)
     archive.write_bytes(archive.read_bytes()[:200])
+    trust_archive(monkeypatch, archive)  # damaged after its checksum was taken (a bad disk): extraction fails
     with pytest.raises(DataError, match="cannot be extracted"):
         build(plugins, "cifar10", root=str(tmp_path))
 
 
-def test_corrupted_target_domain(tmp_path, plugins):
-    write_cifar10(tmp_path, test=20)
+def test_corrupted_target_domain(tmp_path, plugins, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch, test=20)
     corruption = {"name": "gaussian_noise", "severity": 5, "unlabelled_fraction": 0.5}
     bundle = build(plugins, "cifar10", root=str(tmp_path), val_size=10, corruption=corruption)
     unlabelled, target = bundle.unlabelled, bundle.evaluation["target/test"]
@@ -296,8 +309,8 @@ def _experiment(tmp_path: Path, dataset: dict, encoder: dict, adaptation: list[d
     })
 
 
-def test_resnet18_trains_on_cifar10_end_to_end(tmp_path, plugins):
-    write_cifar10(tmp_path)
+def test_resnet18_trains_on_cifar10_end_to_end(tmp_path, plugins, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch)
     experiment = _experiment(tmp_path, {"val_size": 10}, {"name": "resnet18", "cifar_stem": True},
                              [{"name": "finetune"}])
     summary, run_dir = transmodal.train(experiment, quiet=True, plugins=plugins)
@@ -310,8 +323,8 @@ def test_resnet18_trains_on_cifar10_end_to_end(tmp_path, plugins):
     assert metrics["source/test"]["accuracy"] == pytest.approx(summary["best"]["source/test"]["accuracy"])
 
 
-def test_dann_adapts_to_a_corrupted_target(tmp_path, plugins):
-    write_cifar10(tmp_path, test=20)
+def test_dann_adapts_to_a_corrupted_target(tmp_path, plugins, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch, test=20)
     experiment = _experiment(
         tmp_path, {"val_size": 10, "corruption": {"name": "contrast", "severity": 5}},
         {"name": "resnet18"}, [{"name": "dann", "hidden": 32}],

@@ -13,6 +13,7 @@ from transmodal.errors import (
     DataError,
     DuplicateComponentError,
     PluginLoadError,
+    RunDirectoryError,
     TransmodalError,
     UnknownComponentError,
 )
@@ -31,8 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Assembled", "BatchLoader", "CheckpointError", "ComponentSpec", "ConfigError", "DataError", "DatasetBundle",
     "DuplicateComponentError", "Encoder", "Experiment", "Fusion", "ImageInput", "ModalitySpec", "ModelOutput",
-    "NoParams", "PAD_ID", "ParamGroup", "PluginLoadError", "PluginWarning", "Split", "StepData", "Strategy",
-    "Trainer", "TrainingContext", "TransmodalError", "TransmodalModel", "UNK_ID", "UnknownComponentError",
-    "assemble", "evaluate_run", "get_plugins", "hookimpl", "load_experiment", "pool_tokens", "presence",
-    "resume", "train", "validate_components",
+    "NoParams", "PAD_ID", "ParamGroup", "PluginLoadError", "PluginWarning", "RunDirectoryError", "Split",
+    "StepData", "Strategy", "Trainer", "TrainingContext", "TransmodalError", "TransmodalModel", "UNK_ID",
+    "UnknownComponentError", "assemble", "evaluate_run", "get_plugins", "hookimpl", "load_experiment",
+    "pool_tokens", "presence", "resume", "train", "validate_components",
 ]

@@ -85,8 +85,10 @@ def _train(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return _interrupted(run_dir)
     else:
+        from transmodal.run_dir import create_run_dir
+
         experiment = load_experiment(args.config, args.overrides)
-        run_dir = run.new_run_dir(experiment)  # made here rather than in run.train so that an interrupt can name it
+        run_dir = create_run_dir(experiment)  # made here rather than in run.train so that an interrupt can name it
         try:
             summary, _ = run.train(experiment, quiet=args.quiet, run_dir=run_dir)
         except BaseException as error:
@@ -103,8 +105,11 @@ def _train(args: argparse.Namespace) -> int:
 def _interrupted(run_dir: Path) -> int:
     if (run_dir / "checkpoints" / "last.pt").is_file():
         print(f"interrupted; continue with: transmodal train --resume {run_dir}", file=sys.stderr)
+    elif run_dir.is_dir():
+        print(f"interrupted before the first checkpoint; train again from the beginning with: "
+              f"transmodal train --resume {run_dir}", file=sys.stderr)
     else:
-        print("interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+        print("interrupted before the run began; nothing was written", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 

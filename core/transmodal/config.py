@@ -9,17 +9,37 @@ raise :class:`ConfigError` with the path to the bad field, the bad value and wha
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from transmodal.errors import ConfigError, UnknownComponentError
 from transmodal.registry import Component
+
+
+NAME_MAX_BYTES = 255  # the longest file name ext4, xfs, btrfs and APFS allow
+RUN_SUFFIX_BYTES = 24  # room for the "-YYYYmmdd-HHMMSS-N" that a generated run directory name appends
+
+
+def _file_name(max_bytes: int) -> AfterValidator:
+    """A name used as one folder name inside output.dir: never a path that could lead outside it."""
+
+    def check(name: str) -> str:
+        if name in ("", ".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name):
+            raise ValueError("must be a single folder name (no '/', not '.' or '..'), used inside output.dir")
+        if "\0" in name:
+            raise ValueError("must not contain a NUL character")
+        if len(name.encode("utf-8", "surrogateescape")) > max_bytes:
+            raise ValueError(f"is longer than the {max_bytes} bytes a folder name may have here")
+        return name
+
+    return AfterValidator(check)
 
 
 class _Strict(BaseModel):
@@ -117,13 +137,15 @@ class TrainerConfig(_Strict):
 
 class OutputConfig(_Strict):
     dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
-    name: str | None = Field(None, description="Run directory name; default: experiment name and a timestamp.")
+    name: Annotated[str, _file_name(NAME_MAX_BYTES)] | None = Field(
+        None, description="Run directory name inside dir; default: experiment name and a timestamp.")
 
 
 class Experiment(_Strict):
     """One experiment: data x model x adaptation x optimisation."""
 
-    name: str = "experiment"
+    name: Annotated[str, _file_name(NAME_MAX_BYTES - RUN_SUFFIX_BYTES)] = Field(
+        "experiment", description="Also the start of generated run directory names.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     adaptation: list[ComponentSpec] = Field(

@@ -11,6 +11,10 @@ class ConfigError(TransmodalError):
     """The experiment config is malformed or names invalid values (CLI exit status 2)."""
 
 
+class RunDirectoryError(ConfigError):
+    """``output.dir`` cannot hold a new run directory (not a folder, not writable) or ``output.name`` is taken."""
+
+
 class UnknownComponentError(ConfigError):
     """A component name that no loaded plugin registers."""
 
@@ -28,7 +32,7 @@ class DataError(TransmodalError):
 
 
 class CheckpointError(TransmodalError):
-    """A checkpoint or run directory cannot be read or does not fit the model."""
+    """A checkpoint or run directory cannot be read, written, or does not fit the model (CLI exit status 1)."""
 
 
 class TrainingDiverged(TransmodalError):

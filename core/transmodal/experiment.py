@@ -8,7 +8,7 @@ from typing import Any
 from transmodal.config import Experiment, ResolvedComponent, validate_components
 from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, split_columns
 from transmodal.encoder import Encoder, ImageInput
-from transmodal.errors import ConfigError, DataError
+from transmodal.errors import CheckpointError, ConfigError, DataError
 from transmodal.model import LateFusionHeads, TransmodalModel
 from transmodal.plugins import Plugins, get_plugins
 from transmodal.strategy import Strategy
@@ -62,6 +62,17 @@ def _tokenizer_texts(bundle: DatasetBundle, modality: str, fit_on: str) -> list[
     return texts
 
 
+def _tokenizer(resolved: ResolvedComponent, texts: list[str], modality: str, state: str | None) -> Any:
+    """Fitted on ``texts``, or restored from ``state`` (from a checkpoint, which may be damaged)."""
+    if state is None:
+        return _build(resolved, texts)
+    try:
+        return _build(resolved, texts, state=state)
+    except Exception as error:  # whatever the tokenizer's own parser raises on a damaged state
+        raise CheckpointError(f"its '{modality}' tokenizer cannot be restored ({type(error).__name__}: "
+                              f"{str(error)[:200]})") from None
+
+
 def prepare_data(
     experiment: Experiment, components: dict[str, ResolvedComponent], tokenizer_states: dict[str, str]
 ) -> PreparedData:
@@ -82,10 +93,8 @@ def prepare_data(
     for modality in used:
         kind = bundle.modalities[modality]
         if kind == "text":
-            tokenizer = _build(
-                components["data.tokenizer"], _tokenizer_texts(bundle, modality, experiment.data.tokenizer_fit),
-                state=tokenizer_states.get(modality),
-            )
+            texts = _tokenizer_texts(bundle, modality, experiment.data.tokenizer_fit)
+            tokenizer = _tokenizer(components["data.tokenizer"], texts, modality, tokenizer_states.get(modality))
             for split in splits:
                 split.data[modality] = tokenizer.encode_batch(list(split.data[modality]))
             tokenizers[modality] = tokenizer

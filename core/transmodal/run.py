@@ -7,19 +7,21 @@ the experiment's ``validator``), ``tokenizers/`` and ``summary.json``.
 
 from __future__ import annotations
 
-import json
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from transmodal.checkpoint import load_checkpoint
+from transmodal.checkpoint import read_checkpoint, restoring_from
 from transmodal.config import Experiment, load_experiment
 from transmodal.errors import CheckpointError
 from transmodal.experiment import assemble
 from transmodal.plugins import Plugins
+from transmodal.run_dir import (
+    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints,
+)
 from transmodal.trainer import Metrics, Trainer
 
 
@@ -32,25 +34,6 @@ def _configure_threads(experiment: Experiment) -> None:
         torch.set_num_threads(experiment.trainer.num_threads)
 
 
-def new_run_dir(experiment: Experiment) -> Path:
-    parent = experiment.output.dir
-    if experiment.output.name is not None:
-        run_dir = parent / experiment.output.name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise CheckpointError(
-                f"run directory {run_dir} already exists; continue it with --resume {run_dir}, "
-                f"or choose another output.name"
-            )
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir, suffix = parent / f"{experiment.name}-{stamp}", 1
-        while run_dir.exists():
-            suffix += 1
-            run_dir = parent / f"{experiment.name}-{stamp}-{suffix}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def train(
     experiment: Experiment, quiet: bool = False, plugins: Plugins | None = None, run_dir: Path | None = None
 ) -> tuple[dict[str, Any], Path]:
@@ -59,7 +42,7 @@ def train(
     seed_everything(experiment.trainer.seed)
     assembled = assemble(experiment, plugins)
     trainer = Trainer(assembled, quiet=quiet)  # built before the run directory: config errors leave nothing
-    run_dir = run_dir or new_run_dir(experiment)
+    run_dir = run_dir or create_run_dir(experiment)
     trainer.run_dir = run_dir
     (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
     tokenizer_dir = run_dir / "tokenizers"
@@ -78,26 +61,39 @@ def load_run_experiment(run_dir: Path) -> Experiment:
 
 
 def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -> dict[str, Any]:
-    """Continue a stopped run from its last checkpoint; ends as the uninterrupted run would have."""
+    """Continue a stopped run from its last checkpoint; ends as the uninterrupted run would have. A run stopped
+    before its first checkpoint starts again from the beginning, in the same directory, with its saved config."""
     experiment = load_run_experiment(run_dir)
+    remove_temporary_checkpoints(run_dir)
+    path = run_dir / CHECKPOINTS / "last.pt"
+    if not path.exists():
+        _keep_metrics_until(run_dir, 0, path)
+        _notice(f"{run_dir} stopped before its first checkpoint; training it from the beginning with its saved config")
+        summary, _ = train(experiment, quiet=quiet, plugins=plugins, run_dir=run_dir)
+        return summary
     _configure_threads(experiment)
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    state = read_checkpoint(path, resumable=True)
     seed_everything(experiment.trainer.seed)
-    assembled = assemble(experiment, plugins, tokenizer_states=state["tokenizers"])
-    trainer = Trainer(assembled, run_dir=run_dir, quiet=quiet)
-    trainer.load_state_dict(state)
-    _truncate_metrics(run_dir / "metrics.jsonl", trainer.epoch)
+    with restoring_from(path):
+        assembled = assemble(experiment, plugins, tokenizer_states=state["tokenizers"])
+        trainer = Trainer(assembled, run_dir=run_dir, quiet=quiet)
+        trainer.load_state_dict(state)
+    _keep_metrics_until(run_dir, trainer.epoch, path)
     if not quiet:
         print(f"resuming {run_dir} after epoch {trainer.epoch}/{experiment.trainer.epochs}", flush=True)
     return trainer.fit()
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop lines of epochs after the checkpoint (written by a run stopped before its next checkpoint)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-    path.write_text("".join(line + "\n" for line in kept))
+def _keep_metrics_until(run_dir: Path, epochs_done: int, checkpoint: Path) -> None:
+    damaged, damaged_path = keep_metrics_until(run_dir, epochs_done)
+    if damaged:
+        _notice(f"{damaged} damaged line{'s' * (damaged > 1)} of {run_dir / METRICS} set aside in "
+                f"{damaged_path}; the run continues from {checkpoint.name} (epoch {epochs_done})")
+
+
+def _notice(message: str) -> None:
+    """Something the user should know even with --quiet: it is about their run directory, not progress."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def evaluate_run(
@@ -106,15 +102,18 @@ def evaluate_run(
     """Metrics of a saved checkpoint on every evaluation split; returns them and the checkpoint's header."""
     experiment = load_run_experiment(run_dir)
     _configure_threads(experiment)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    path = run_dir / CHECKPOINTS / f"{checkpoint}.pt"
+    state = read_checkpoint(path)
     seed_everything(experiment.trainer.seed)
-    assembled = assemble(experiment, plugins, tokenizer_states=state["tokenizers"])
+    with restoring_from(path):
+        assembled = assemble(experiment, plugins, tokenizer_states=state["tokenizers"])
     unknown = [m for m in drop_modalities if m not in assembled.model.modalities]
     if unknown:
         raise CheckpointError(
             f"--drop-modality {', '.join(unknown)}: the model's modalities are {', '.join(assembled.model.modalities)}"
         )
     trainer = Trainer(assembled, quiet=True)
-    trainer.load_weights(state)
+    with restoring_from(path):
+        trainer.load_weights(state)
     header = {"checkpoint": checkpoint, "epoch": state["epoch"], "selected_by": state.get("selected_by")}
     return trainer.evaluate(drop_modalities), header

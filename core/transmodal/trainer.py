@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from transmodal.checkpoint import save_checkpoint
+from transmodal.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -33,7 +33,6 @@ from transmodal.selection import build_panel, panel_choices, score_panel
 from transmodal.strategy import ParamGroup, StepData, TrainingContext
 from transmodal.validator import SOURCE_TRAIN, SOURCE_VAL, Metrics, ValidationContext
 
-CHECKPOINT_FORMAT = 1
 SOURCE_PREFIX = "source/"  # evaluation splits of the source domain, e.g. "source/val"
 
 
@@ -412,24 +411,28 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        """Restore a state of the structure :func:`transmodal.checkpoint.read_checkpoint` checked."""
         saved = [entry["name"] for entry in state["strategies"]]
         if saved != [s.name for s in self.strategies]:
             raise CheckpointError(f"checkpoint was made with strategies {saved}, not {[s.name for s in self.strategies]}")
         self.load_weights(state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        for strategy, module, entry in zip(self.strategies, self.strategy_modules, state["strategies"]):
-            module.load_state_dict(entry["module"])
-            strategy.load_state_dict(entry["state"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            for strategy, module, entry in zip(self.strategies, self.strategy_modules, state["strategies"]):
+                module.load_state_dict(entry["module"])
+                strategy.load_state_dict(entry["state"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"its training state does not fit this run ({type(error).__name__}: {error})"
+            ) from None
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = dict(state["best"])
         self.history = list(state["history"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """The model's weights and, with per-domain BatchNorm, the target's statistics."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
 from transmodal.data import PAD_ID, ModalitySpec
@@ -22,7 +22,7 @@ def _require_kind(modality: ModalitySpec, kind: str, encoder: str) -> None:
 
 class SmallCNNParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    channels: list[int] = Field([16, 32, 64], min_length=1, description="Output channels of each conv block.")
+    channels: list[PositiveInt] = Field([16, 32, 64], min_length=1, description="Output channels of each conv block.")
     tokens: bool = Field(False, description="Return the last feature map as (B, H*W, C) tokens.")
 
 
@@ -68,7 +68,7 @@ def build_small_cnn(params: SmallCNNParams, modality: ModalitySpec) -> SmallCNN:
 
 class MLPParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    hidden: list[int] = Field([256, 128], min_length=1, description="Width of each layer; the last is out_dim.")
+    hidden: list[PositiveInt] = Field([256, 128], min_length=1, description="Width of each layer; the last is out_dim.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 

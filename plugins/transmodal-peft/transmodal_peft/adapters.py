@@ -21,7 +21,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from transmodal.builtin.adaptation.groups import match_groups
-from transmodal.checkpoint import load_checkpoint, save_checkpoint
+from transmodal.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import assemble
 from transmodal.model import TransmodalModel
@@ -218,7 +218,7 @@ def _adapter_strategy(trainer: Trainer, run_dir: Path) -> AdapterStrategy:
 def _load_run(run_dir: Path, checkpoint: str, plugins: Plugins | None) -> tuple[Any, dict[str, Any], Trainer]:
     """The run's experiment, the checkpoint, and a trainer whose model (adapters injected) holds its weights."""
     experiment = load_run_experiment(run_dir)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    state = read_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     assembled = assemble(experiment, plugins, tokenizer_states=state["tokenizers"])
     trainer = Trainer(assembled, quiet=True)
     load_model_weights(trainer.model, state["model"])

@@ -5,7 +5,9 @@ Texts stay strings here; the experiment's tokenizer numericalises each split onc
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,36 +126,50 @@ def _file_format(path: Path, declared: str) -> str:
     return formats[suffix]
 
 
-def read_rows(path: Path, file_format: str) -> list[dict[str, Any]]:
+def read_rows(path: Path, file_format: str, encoding: str = "utf-8") -> list[dict[str, Any]]:
     """Rows as dicts, with the 1-based line number of each under ``"__line__"`` (for error messages)."""
     path = path.expanduser()
     if not path.is_file():
         raise DataError(f"text-csv: no file at {path}")
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8-sig", newline="") as file:
-        if file_format == "jsonl":
-            for number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"text-csv: {path} line {number} is not valid JSON: {error.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"text-csv: {path} line {number} must be a JSON object")
-                rows.append({**row, "__line__": number})
-        else:
-            reader = csv.DictReader(file, delimiter="\t" if file_format == "tsv" else ",")
+    file = io.StringIO(_decode(path, encoding), newline="")
+    if file_format == "jsonl":
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
             try:
-                for row in reader:
-                    rows.append({**row, "__line__": reader.line_num})
-            except csv.Error as error:
-                raise DataError(f"text-csv: {path} line {reader.line_num}: {error}") from None
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"text-csv: {path} line {number} is not valid JSON: {error.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"text-csv: {path} line {number} must be a JSON object")
+            rows.append({**row, "__line__": number})
+    else:
+        reader = csv.DictReader(file, delimiter="\t" if file_format == "tsv" else ",")
+        try:
+            for row in reader:
+                rows.append({**row, "__line__": reader.line_num})
+        except csv.Error as error:
+            raise DataError(f"text-csv: {path} line {reader.line_num}: {error}") from None
     return rows
 
 
+def _decode(path: Path, encoding: str) -> str:
+    """The whole file as text; a byte the encoding cannot read is reported with its line."""
+    data = path.read_bytes()
+    try:
+        # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark that Excel writes
+        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"text-csv: {path} line {line} is not {encoding} text (byte {data[error.start]:#04x} at offset "
+            f"{error.start}); set data.dataset.encoding to the file's encoding, e.g. latin-1 or cp1252"
+        ) from None
+
+
 def _column(row: dict[str, Any], column: str, path: Path, available: list[str], required: bool = True) -> str:
-    """A cell as a string; a missing column, or an empty label/domain cell, is an error naming the line."""
+    """A cell as a string; a missing column, or an empty domain cell, is an error naming the line."""
     if column not in row:
         raise DataError(f"text-csv: {path} has no column '{column}'; its columns are {available}")
     value = row[column]
@@ -161,6 +177,23 @@ def _column(row: dict[str, Any], column: str, path: Path, available: list[str], 
         if not required:
             return ""
         raise DataError(f"text-csv: {path} line {row['__line__']}: '{column}' is empty")
+    return str(value)
+
+
+# Cells that spreadsheets, pandas and JSON writers use for "no value": never a class of their own.
+_MISSING_LABELS = {"", "nan", "na", "n/a", "<na>", "null", "none"}
+
+
+def _label(row: dict[str, Any], column: str, path: Path, available: list[str]) -> str | None:
+    """The row's label, or None when the cell holds no label."""
+    if column not in row:
+        raise DataError(f"text-csv: {path} has no column '{column}'; its columns are {available}")
+    value = row[column]
+    if isinstance(value, list | dict):
+        raise DataError(f"text-csv: {path} line {row['__line__']}: '{column}' is a {type(value).__name__} "
+                        f"({json.dumps(value)[:60]}); a label is one string or number")
+    if value is None or str(value).strip().lower() in _MISSING_LABELS:
+        return None
     return str(value)
 
 
@@ -175,14 +208,26 @@ class _Table:
     """One file's rows as parallel columns."""
 
     def __init__(self, path: Path, params: TextCSVParams) -> None:
-        rows = read_rows(path, _file_format(path, params.format))
+        rows = read_rows(path, _file_format(path, params.format), params.encoding)
         if not rows:
             raise DataError(f"text-csv: {path} holds no rows")
         available = [key for key in rows[0] if key != "__line__"]
+        labels = [_label(row, params.label_column, path, available) for row in rows]
+        unlabelled = [row for row, label in zip(rows, labels) if label is None]
+        if unlabelled and params.unlabelled_rows == "refuse":
+            first = unlabelled[0]
+            raise DataError(
+                f"text-csv: {path} line {first['__line__']}: no label in '{params.label_column}' "
+                f"({first[params.label_column]!r}; {len(unlabelled)} such rows). Fill them in, or set "
+                f"data.dataset.unlabelled_rows: skip to leave them out"
+            )
+        rows = [row for row, label in zip(rows, labels) if label is not None]
+        if not rows:
+            raise DataError(f"text-csv: {path} holds no labelled rows")
         self.path = path
         self.lines = [row["__line__"] for row in rows]
         self.texts = [_column(row, params.text_column, path, available, required=False) for row in rows]
-        self.labels = [_column(row, params.label_column, path, available) for row in rows]
+        self.labels = [label for label in labels if label is not None]
         self.domains = (
             [_column(row, params.domain_column, path, available) for row in rows]
             if params.domain_column is not None else None

@@ -6,10 +6,11 @@ pydantic only: no torch work, no ``tokenizers``.
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 # SHA-256 of aclImdb_v1.tar.gz (84,125,825 bytes) as published by many dataset catalogues.
@@ -76,15 +77,10 @@ class RNNParams(EmbeddingParams):
 
 
 class TextCNNParams(EmbeddingParams):
-    widths: list[int] = Field([3, 4, 5], min_length=1, description="Filter widths in tokens (Kim 2014: 3, 4, 5).")
+    widths: list[PositiveInt] = Field([3, 4, 5], min_length=1,
+                                      description="Filter widths in tokens (Kim 2014: 3, 4, 5).")
     filters: int = Field(100, ge=1, description="Filters per width; out_dim = filters x len(widths).")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout on the pooled features.")
-
-    @model_validator(mode="after")
-    def _positive_widths(self) -> TextCNNParams:
-        if any(width < 1 for width in self.widths):
-            raise ValueError(f"widths must be at least 1, got {self.widths}")
-        return self
 
 
 # -- datasets ------------------------------------------------------------------------------------------------
@@ -116,6 +112,19 @@ class TextCSVParams(_Params):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Source training rows held out as source/val.")
     classes: list[str] | None = Field(None, description="Class names in label order; default: sorted labels.")
     split_seed: int | None = Field(None, description="Seed of the splits; default: trainer.seed.")
+    encoding: str = Field("utf-8", description="Text encoding of the files, e.g. latin-1, cp1252, utf-16.")
+    unlabelled_rows: Literal["refuse", "skip"] = Field(
+        "refuse", description="Rows without a label (empty, NaN, null): refuse names the first; skip leaves them out."
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown text encoding '{encoding}'; e.g. utf-8, latin-1, cp1252, utf-16") from None
+        return encoding
 
     @model_validator(mode="after")
     def _target_needs_domain(self) -> TextCSVParams:

@@ -1,8 +1,8 @@
 """CIFAR-10 and CIFAR-100, held in memory as uint8 tensors (N, 3, 32, 32).
 
 The archives are the "python version" of Krizhevsky (2009): pickled dicts of a (N, 3072) uint8 array
-stored channel by channel, which is already (N, 3, 32, 32) once reshaped. Downloading uses torchvision's
-downloader, which verifies the archive's MD5. Files already on disk are checked for structure (keys,
+stored channel by channel, which is already (N, 3, 32, 32) once reshaped. An archive has its MD5 verified,
+downloaded (by torchvision's downloader) or copied there by hand. Extracted files are checked for structure (keys,
 shapes, label range) as they are read, and read with an unpickler that constructs nothing but the numpy
 arrays the format holds, so a damaged or tampered file gives an error naming it, never runs code.
 """
@@ -125,8 +125,14 @@ def locate(root: Path, layout: CifarLayout, download: bool) -> Path:
         return folder
     archive = root / layout.archive
     if archive.is_file():
-        from torchvision.datasets.utils import extract_archive
+        from torchvision.datasets.utils import check_integrity, extract_archive
 
+        if not check_integrity(str(archive), layout.md5):  # placed by hand: checked as a download would be
+            raise DataError(
+                f"{archive} does not have the MD5 checksum of the {layout.title} python version ({layout.md5}): it "
+                f"is damaged, incomplete or another file. Delete it and download again (download: true), or copy "
+                f"the archive from {layout.url} there."
+            )
         try:
             extract_archive(str(archive), str(root))
         except (tarfile.TarError, EOFError, OSError) as error:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
 RESNET_ARCHS: tuple[str, ...] = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
@@ -95,7 +95,7 @@ class _BackboneParams(BaseModel):
         None, min_length=3, max_length=3,
         description="Per-channel input mean; default: from the weights' metadata (ImageNet's without weights).",
     )
-    std: list[float] | None = Field(
+    std: list[PositiveFloat] | None = Field(
         None, min_length=3, max_length=3, description="Per-channel input std; default as for mean."
     )
 

@@ -1,0 +1,110 @@
+"""The run directory on disk: claimed atomically for a new run, tidied when a stopped run is resumed.
+
+Two processes started together must never share a directory, so a new one is created with a single ``os.mkdir``
+(which fails if the name exists) instead of "check, then create". A run stopped by a kill may leave a temporary
+checkpoint and a damaged last line in ``metrics.jsonl``; resuming removes the first and sets the second aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transmodal.config import Experiment
+from transmodal.errors import RunDirectoryError
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+DAMAGED_SUFFIX = ".damaged"
+_MAX_CLASHES = 1000  # generated names tried per second before giving up
+
+
+def create_run_dir(experiment: Experiment) -> Path:
+    """A new, empty run directory inside ``output.dir``: ``output.name``, or the experiment's name and a
+    timestamp (with ``-2``, ``-3``... when another run took that name in the same second)."""
+    parent = _usable_parent(experiment.output.dir)
+    if experiment.output.name is not None:
+        run_dir = parent / experiment.output.name
+        if not _claim(run_dir):
+            raise RunDirectoryError(
+                f"run directory {run_dir} already exists; continue it with: transmodal train --resume {run_dir}, "
+                f"or choose another output.name"
+            )
+        return run_dir
+    stem = f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in range(1, _MAX_CLASHES + 1):
+        run_dir = parent / (stem if suffix == 1 else f"{stem}-{suffix}")
+        if _claim(run_dir):
+            return run_dir
+    raise RunDirectoryError(f"output.dir {parent}: {_MAX_CLASHES} run directories named {stem}* exist already")
+
+
+def _usable_parent(parent: Path) -> Path:
+    """``output.dir``, created if missing; a path that is not a folder or cannot be written to is refused before
+    any training starts."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunDirectoryError(f"output.dir {parent} is not a folder; set output.dir to a folder") from None
+    except OSError as error:
+        raise RunDirectoryError(f"output.dir {parent} cannot be created: {error.strerror}") from None
+    return parent
+
+
+def _claim(run_dir: Path) -> bool:
+    """Create ``run_dir``; False if it exists (made by another run, perhaps a moment ago)."""
+    try:
+        os.mkdir(run_dir)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise RunDirectoryError(
+            f"output.dir {run_dir.parent}: cannot create the run directory {run_dir.name} there: {error.strerror}"
+        ) from None
+    return True
+
+
+def remove_temporary_checkpoints(run_dir: Path) -> None:
+    """Temporary files of checkpoint writes that a kill interrupted (see checkpoint.save_checkpoint)."""
+    for temporary in (run_dir / CHECKPOINTS).glob(".*.pt.*.tmp"):
+        temporary.unlink(missing_ok=True)
+
+
+def keep_metrics_until(run_dir: Path, epochs_done: int) -> tuple[int, Path]:
+    """Keep ``metrics.jsonl``'s records of the epochs up to the checkpoint's and drop later ones (written by a run
+    stopped before its next checkpoint). Lines that are not records (a partial write, damage) are appended to
+    ``metrics.jsonl.damaged`` rather than lost; returns how many, and that file."""
+    path = run_dir / METRICS
+    damaged_path = path.with_name(path.name + DAMAGED_SUFFIX)
+    if not path.exists():
+        return 0, damaged_path
+    kept: list[bytes] = []
+    damaged: list[bytes] = []
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None:
+            damaged.append(line)
+        elif record["epoch"] <= epochs_done:
+            kept.append(line)
+    if damaged:
+        with damaged_path.open("ab") as file:
+            file.write(b"".join(line + b"\n" for line in damaged))
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(b"".join(line + b"\n" for line in kept))
+    os.replace(temporary, path)  # a kill while rewriting leaves the old log whole
+    return len(damaged), damaged_path
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """One epoch's record, or None for a line that is not one."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError
+        return None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return record if isinstance(epoch, int) and not isinstance(epoch, bool) else None
