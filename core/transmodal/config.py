@@ -8,9 +8,12 @@ raise :class:`ConfigError` with the path to the bad field, the bad value and wha
 
 from __future__ import annotations
 
+import copy
 import difflib
+import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -211,6 +214,19 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | None 
     apply_overrides(raw, overrides or [])
     _fill_default_names(raw, Experiment)
     return parse_experiment(raw, str(path) if path is not None else "the default experiment")
+
+
+def as_experiment(source: Experiment | Mapping[str, Any] | str | os.PathLike[str]) -> Experiment:
+    """An experiment given as an ``Experiment``, a dict shaped like the YAML file, or the path of a YAML file."""
+    if isinstance(source, Experiment):
+        return source
+    if isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))  # default names are filled in place; the caller's dict stays as given
+        _fill_default_names(raw, Experiment)
+        return parse_experiment(raw, "the experiment dict")
+    if isinstance(source, (str, os.PathLike)):
+        return load_experiment(source)
+    raise TypeError(f"expected an Experiment, a dict or the path of a YAML file, got {type(source).__name__}")
 
 
 def _fill_default_names(raw: dict[str, Any], model: type[BaseModel]) -> None:
