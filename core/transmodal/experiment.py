@@ -52,7 +52,7 @@ def assemble(
 
 
 def _build(resolved: ResolvedComponent, *context: Any, **keywords: Any) -> Any:
-    return resolved.component.load_factory()(resolved.params, *context, **keywords)
+    return resolved.component.create(resolved.params, *context, **keywords)
 
 
 def prepare_data(
