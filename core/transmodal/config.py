@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -19,21 +20,32 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transmodal.errors import ConfigError, UnknownComponentError
 from transmodal.registry import Component
+from transmodal.yaml_limits import MAX_CONFIG_BYTES, decode_config, parse_yaml
+
+
+# Bounds that keep every value within what the engine can represent and allocate: a fuzzed or mistyped value is
+# refused here, with its path, rather than failing deep inside torch.
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000
+MAX_BATCH = 2**20
+MAX_THREADS = 1024
+MAX_NAME_LENGTH = 100
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,2})?")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentSpec(BaseModel):
     """A component by name; every other key is one of the component's own parameters."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str = Field(max_length=MAX_NAME_LENGTH)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -41,7 +53,7 @@ class ComponentSpec(BaseModel):
 
 
 class AugmentConfig(_Strict):
-    crop_padding: int = Field(0, ge=0, description="Random crop after zero padding by this many pixels.")
+    crop_padding: int = Field(0, ge=0, le=256, description="Random crop after zero padding by this many pixels.")
     hflip: bool = Field(False, description="Random horizontal flip.")
 
 
@@ -86,8 +98,8 @@ class ScheduleConfig(_Strict):
     name: Literal["constant", "cosine", "step", "annealed"] = Field(
         "cosine", description="annealed: lr / (1 + alpha p)^beta over training progress p (Ganin et al., 2016)."
     )
-    warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warm-up, in epochs (fractions allowed).")
-    step_epochs: int = Field(10, ge=1, description="step: multiply the rate by gamma every this many epochs.")
+    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS, description="Linear warm-up, in epochs (fractions allowed).")
+    step_epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="step: multiply the rate by gamma every this many epochs.")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     min_lr_scale: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of lr.")
     alpha: float = Field(10.0, ge=0.0, description="annealed: how fast the rate falls (the paper's 10).")
@@ -95,15 +107,16 @@ class ScheduleConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    target_batch_size: int | None = Field(None, ge=1, description="Unlabelled target batch; default batch_size.")
-    eval_batch_size: int = Field(512, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    target_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="Unlabelled target batch; default "
+                                                                                "batch_size.")
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs CUDA.")
-    seed: int = 0
-    log_every: int = Field(20, ge=1, description="Steps between progress updates (each one syncs the device).")
-    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice.")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    log_every: int = Field(20, ge=1, le=10**9, description="Steps between progress updates (each one syncs the device).")
+    num_threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads for torch; default: torch's choice.")
     flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
     batchnorm: Literal["per-domain", "joint"] = Field(
         "per-domain", description="How target batches meet BatchNorm in training. per-domain: each domain is "
@@ -111,6 +124,13 @@ class TrainerConfig(_Strict):
                                   "2019); joint: one pass over both domains, normalised by their mixture.")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise ValueError(f"'{device[:40]}' is not a device transmodal trains on; use auto, cpu, cuda or cuda:N")
+        return device
 
 
 class OutputConfig(_Strict):
@@ -121,7 +141,8 @@ class OutputConfig(_Strict):
 class Experiment(_Strict):
     """One experiment: data x model x adaptation x optimisation."""
 
-    name: str = "experiment"
+    name: str = Field("experiment", min_length=1, max_length=MAX_NAME_LENGTH,
+                      description="Names the run directory (with a timestamp); no path separators.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     adaptation: list[ComponentSpec] = Field(
@@ -135,6 +156,13 @@ class Experiment(_Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name: str) -> str:
+        if any(character in name for character in "/\\\x00") or name in {".", ".."}:
+            raise ValueError("it names the run directory, so it cannot contain / or \\ or be . or ..")
+        return name
+
 
 # -- loading --------------------------------------------------------------------------------------------------
 
@@ -142,14 +170,16 @@ class Experiment(_Strict):
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as file:
-            loaded = yaml.safe_load(file)  # from the file object, YAML errors name the file, not "<unicode string>"
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"Config file not found: {path}.{did_you_mean(path)}") from None
     except OSError as error:
         raise ConfigError(f"Cannot read config file {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB, far more than any experiment "
+                          f"config needs; is it the right file?")
+    loaded = parse_yaml(decode_config(data, str(path)), str(path))
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -174,8 +204,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not separator or not path.strip():
             raise ConfigError(f"--set expects path.to.key=value, got '{override}'")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = parse_yaml(text, f"--set {path.strip()}")
+        except ConfigError as error:
+            if not isinstance(error.__cause__, yaml.YAMLError):
+                raise  # a value too large or too deep is refused, not kept as a string
             value = text
         _set_path(raw, path.strip().split("."), value, override)
     return raw
@@ -344,9 +376,14 @@ def format_validation_error(
             lines.append(f"  {path}: unknown key.{suggestion} Allowed keys: {', '.join(allowed) or 'none'}")
             continue
         value = item.get("input")
-        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {_short_repr(value)})"
         lines.append(f"  {path}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"
 
 
 def _allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:
