@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from transmodal.cli import main
 
-FUZZ = settings(max_examples=int(os.environ.get("TRANSMODAL_FUZZ_EXAMPLES", 150)), deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# TRANSMODAL_FUZZ_EXAMPLES=5000 for a longer hunt; the default keeps the file within a few seconds.
+FUZZ = settings(max_examples=int(os.environ.get("TRANSMODAL_FUZZ_EXAMPLES", 150)), deadline=2000,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def validate(capsys: pytest.CaptureFixture, path: Path, *overrides: str) -> tuple[int, str]:

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(error: TransmodalError, status: int, args: argparse.Namespace | None) -> int:
-    if getattr(args, "debug", False) or os.environ.get("TRANSMODAL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}:
+    debug_variable = os.environ.get("TRANSMODAL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    if getattr(args, "debug", False) or debug_variable:
         traceback.print_exception(error, file=sys.stderr)
     print(f"error: {error}", file=sys.stderr)
     return status

@@ -98,8 +98,10 @@ class ScheduleConfig(_Strict):
     name: Literal["constant", "cosine", "step", "annealed"] = Field(
         "cosine", description="annealed: lr / (1 + alpha p)^beta over training progress p (Ganin et al., 2016)."
     )
-    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS, description="Linear warm-up, in epochs (fractions allowed).")
-    step_epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="step: multiply the rate by gamma every this many epochs.")
+    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS,
+                                 description="Linear warm-up, in epochs (fractions allowed).")
+    step_epochs: int = Field(10, ge=1, le=MAX_EPOCHS,
+                             description="step: multiply the rate by gamma every this many epochs.")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     min_lr_scale: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of lr.")
     alpha: float = Field(10.0, ge=0.0, description="annealed: how fast the rate falls (the paper's 10).")
@@ -115,8 +117,10 @@ class TrainerConfig(_Strict):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs CUDA.")
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    log_every: int = Field(20, ge=1, le=10**9, description="Steps between progress updates (each one syncs the device).")
-    num_threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads for torch; default: torch's choice.")
+    log_every: int = Field(20, ge=1, le=10**9,
+                           description="Steps between progress updates (each one syncs the device).")
+    num_threads: int | None = Field(None, ge=1, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice.")
     flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
     batchnorm: Literal["per-domain", "joint"] = Field(
         "per-domain", description="How target batches meet BatchNorm in training. per-domain: each domain is "

@@ -13,10 +13,12 @@ class SyntheticShapesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     train_size: int = Field(6000, ge=1, le=MAX_SAMPLES, description="Labelled source training samples.")
     val_size: int = Field(1000, ge=1, le=MAX_SAMPLES, description="Labelled source validation samples.")
-    target_train_size: int = Field(6000, ge=0, le=MAX_SAMPLES, description="Target samples whose labels training never sees.")
+    target_train_size: int = Field(6000, ge=0, le=MAX_SAMPLES,
+                                   description="Target samples whose labels training never sees.")
     target_test_size: int = Field(1000, ge=1, le=MAX_SAMPLES, description="Labelled target test samples.")
     image_size: int = Field(32, ge=16, le=128)
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the generated data (independent of the training seed).")
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="Seed of the generated data (independent of the training seed).")
 
 class SmallCNNParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
