@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,7 +12,7 @@ from pydantic import BaseModel
 
 import transmodal
 from transmodal.builtin.fusions import MeanParams
-from transmodal.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
+from transmodal.errors import ComponentBuildError, DuplicateComponentError, PluginLoadError, UnknownComponentError
 from transmodal.plugins import Plugins, PluginWarning
 from transmodal.registry import FIRST_PARTY_PROVIDERS
 
@@ -39,6 +40,7 @@ class DuplicateConcat:
     @transmodal.hookimpl
     def register_fusions(self, register: Any) -> None:
         register("concat", "x:y", description="clashes with the core's concat")
+        register("dup-own", "transmodal.builtin.fusions:build_mean", MeanParams)
 
 
 def entry_point(distribution: str, load: Any, version: str = "1.2.3") -> SimpleNamespace:
@@ -97,8 +99,10 @@ def test_a_plugin_failing_during_registration_leaves_nothing_behind():
 
 def test_strict_mode_turns_a_broken_plugin_into_an_error(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TRANSMODAL_STRICT_PLUGINS", "1")
-    with pytest.raises(PluginLoadError, match="transmodal-broken"):
+    with pytest.raises(PluginLoadError, match="transmodal-broken") as raised:
         Plugins(entry_points=[entry_point("transmodal-broken", broken_load)])
+    assert "the rest works" not in str(raised.value)
+    assert "TRANSMODAL_STRICT_PLUGINS is set, so this stops transmodal" in str(raised.value)
 
 
 def test_allowlist_and_blocklist(monkeypatch: pytest.MonkeyPatch):
@@ -117,9 +121,30 @@ def test_allowlist_and_blocklist(monkeypatch: pytest.MonkeyPatch):
     assert plugins.failures == [] and "good-fusion" in plugins.registry("fusion")
 
 
-def test_duplicate_name_names_both_providers():
-    with pytest.raises(DuplicateComponentError, match="by transmodal and by transmodal-dup"):
+def test_a_clash_costs_only_the_clashing_component_and_the_first_registered_wins():
+    with pytest.warns(PluginWarning) as caught:
+        plugins = Plugins(entry_points=[entry_point("transmodal-dup", lambda: DuplicateConcat())])
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "fusion 'concat' of plugin transmodal-dup is not registered: transmodal already registers" in message
+    assert "TRANSMODAL_DISABLE_PLUGINS=transmodal-dup" in message
+    assert plugins.get("fusion", "concat").distribution == "transmodal"
+    assert plugins.get("fusion", "dup-own").distribution == "transmodal-dup"  # its other component is kept
+    assert plugins.infos["transmodal-dup"].registered == {"fusion": ["dup-own"]}
+
+
+def test_a_registry_used_directly_refuses_a_duplicate_naming_both_providers():
+    plugins = Plugins(entry_points=[])
+    concat = plugins.get("fusion", "concat")
+    with pytest.raises(DuplicateComponentError, match="by transmodal and by other"):
+        plugins.registry("fusion").add(replace(concat, distribution="other"))
+
+
+def test_strict_mode_turns_a_clash_into_an_error(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TRANSMODAL_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match="transmodal already registers that name") as raised:
         Plugins(entry_points=[entry_point("transmodal-dup", lambda: DuplicateConcat())])
+    assert "still load" not in str(raised.value) and "the rest works" not in str(raised.value)
 
 
 def test_unknown_name_suggests_close_matches_and_how_to_list():
@@ -156,17 +181,77 @@ def test_unknown_name_mentions_plugins_that_failed():
         plugins.get("fusion", "something")
 
 
-def test_register_rejects_parameter_models_that_accept_anything():
-    class Loose(BaseModel):
-        width: int = 1
+class Loose(BaseModel):
+    width: int = 1
 
-    class LoosePlugin:
+
+@pytest.mark.parametrize("params, expected", [
+    (Loose, "parameter model Loose must set model_config = ConfigDict(extra='forbid')"),
+    ({"width": 1}, "params must be a pydantic model class"),
+    (MeanParams(), "params must be a pydantic model class"),
+])
+def test_a_rejected_component_costs_only_itself(params: Any, expected: str):
+    class HalfGoodPlugin:
         @transmodal.hookimpl
         def register_fusions(self, register: Any) -> None:
-            register("loose", "x:y", Loose)
+            register("bad", "x:y", params)
+            register("fine", "transmodal.builtin.fusions:build_mean", MeanParams)
 
-    with pytest.warns(PluginWarning, match="extra='forbid'"):
-        Plugins(entry_points=[entry_point("transmodal-loose", lambda: LoosePlugin())])
+    with pytest.warns(PluginWarning) as caught:
+        plugins = Plugins(entry_points=[entry_point("transmodal-half-good", lambda: HalfGoodPlugin())])
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith("fusion 'bad' of plugin transmodal-half-good is not registered")
+    assert expected in message
+    assert "bad" not in plugins.registry("fusion") and "fine" in plugins.registry("fusion")
+
+
+def test_switches_accept_distribution_entry_point_and_short_names(monkeypatch: pytest.MonkeyPatch):
+    point = SimpleNamespace(name="vision_ep", dist=SimpleNamespace(name="Transmodal_Vision", version="1"),
+                            load=lambda: GoodPlugin())
+    for value in ("transmodal-vision", "Transmodal_Vision", "vision_ep", "vision"):
+        monkeypatch.setenv("TRANSMODAL_DISABLE_PLUGINS", value)
+        assert "good-fusion" not in Plugins(entry_points=[point]).registry("fusion"), value
+        monkeypatch.setenv("TRANSMODAL_LOAD_PLUGINS", value)
+        monkeypatch.delenv("TRANSMODAL_DISABLE_PLUGINS")
+        assert "good-fusion" in Plugins(entry_points=[point]).registry("fusion"), value
+        monkeypatch.delenv("TRANSMODAL_LOAD_PLUGINS")
+
+
+@pytest.mark.parametrize("variable", ["TRANSMODAL_DISABLE_PLUGINS", "TRANSMODAL_LOAD_PLUGINS"])
+def test_a_switch_value_that_matches_nothing_is_named(monkeypatch: pytest.MonkeyPatch, variable: str):
+    monkeypatch.setenv(variable, "transmodal-goood")
+    with pytest.warns(PluginWarning) as caught:
+        Plugins(entry_points=[entry_point("transmodal-good", lambda: GoodPlugin())])
+    message = str(caught[0].message)
+    assert f"{variable}: 'transmodal-goood' matches no installed plugin" in message
+    assert "did you mean transmodal-good?" in message
+
+
+def test_unknown_name_of_a_disabled_first_party_plugin_says_so(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TRANSMODAL_DISABLE_PLUGINS", "vision")
+    point = entry_point("transmodal-vision", lambda: GoodPlugin())
+    with pytest.raises(UnknownComponentError) as raised:
+        Plugins(entry_points=[point]).get("backbone", "resnet18")
+    message = str(raised.value)
+    assert "installed but disabled by TRANSMODAL_DISABLE_PLUGINS" in message
+    assert "pip install" not in message
+
+
+class RaisingFactory:
+    @transmodal.hookimpl
+    def register_fusions(self, register: Any) -> None:
+        register("raises", lambda params, input_dims: 1 / 0, description="A factory with a bug.")
+
+
+def test_an_exception_in_a_factory_names_component_and_plugin():
+    plugins = Plugins(entry_points=[entry_point("transmodal-buggy", lambda: RaisingFactory())])
+    with pytest.raises(ComponentBuildError) as raised:
+        plugins.get("fusion", "raises").build({"image": 4})
+    message = str(raised.value)
+    assert "fusion 'raises' from transmodal-buggy failed while being built: ZeroDivisionError" in message
+    assert "--debug" in message
+    assert isinstance(raised.value.__cause__, ZeroDivisionError)
 
 
 def test_lazy_factory_is_not_imported_at_discovery():

@@ -8,23 +8,44 @@ raise :class:`ConfigError` with the path to the bad field, the bad value and wha
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
+import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from transmodal.errors import ConfigError, UnknownComponentError
 from transmodal.registry import Component
+from transmodal.yaml_limits import MAX_CONFIG_BYTES, decode_config, parse_yaml
+
+
+# Bounds that keep every value within what the engine can represent and allocate: a fuzzed or mistyped value is
+# refused here, with its path, rather than failing deep inside torch.
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000
+MAX_BATCH = 2**20
+MAX_THREADS = 1024
+MAX_NAME_LENGTH = 100
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,2})?")
 
 
 NAME_MAX_BYTES = 255  # the longest file name ext4, xfs, btrfs and APFS allow
-RUN_SUFFIX_BYTES = 24  # room for the "-YYYYmmdd-HHMMSS-N" that a generated run directory name appends
 
 
 def _file_name(max_bytes: int) -> AfterValidator:
@@ -43,14 +64,14 @@ def _file_name(max_bytes: int) -> AfterValidator:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentSpec(BaseModel):
     """A component by name; every other key is one of the component's own parameters."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str = Field(max_length=MAX_NAME_LENGTH)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -58,7 +79,7 @@ class ComponentSpec(BaseModel):
 
 
 class AugmentConfig(_Strict):
-    crop_padding: int = Field(0, ge=0, description="Random crop after zero padding by this many pixels.")
+    crop_padding: int = Field(0, ge=0, le=256, description="Random crop after zero padding by this many pixels.")
     hflip: bool = Field(False, description="Random horizontal flip.")
 
 
@@ -108,8 +129,10 @@ class ScheduleConfig(_Strict):
     name: Literal["constant", "cosine", "step", "annealed"] = Field(
         "cosine", description="annealed: lr / (1 + alpha p)^beta over training progress p (Ganin et al., 2016)."
     )
-    warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warm-up, in epochs (fractions allowed).")
-    step_epochs: int = Field(10, ge=1, description="step: multiply the rate by gamma every this many epochs.")
+    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS,
+                                 description="Linear warm-up, in epochs (fractions allowed).")
+    step_epochs: int = Field(10, ge=1, le=MAX_EPOCHS,
+                             description="step: multiply the rate by gamma every this many epochs.")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     min_lr_scale: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final rate as a fraction of lr.")
     alpha: float = Field(10.0, ge=0.0, description="annealed: how fast the rate falls (the paper's 10).")
@@ -117,15 +140,18 @@ class ScheduleConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    target_batch_size: int | None = Field(None, ge=1, description="Unlabelled target batch; default batch_size.")
-    eval_batch_size: int = Field(512, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    target_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="Unlabelled target batch; default "
+                                                                                "batch_size.")
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs CUDA.")
-    seed: int = 0
-    log_every: int = Field(20, ge=1, description="Steps between progress updates (each one syncs the device).")
-    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice.")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    log_every: int = Field(20, ge=1, le=10**9,
+                           description="Steps between progress updates (each one syncs the device).")
+    num_threads: int | None = Field(None, ge=1, le=MAX_THREADS,
+                                    description="CPU threads for torch; default: torch's choice.")
     flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
     batchnorm: Literal["per-domain", "joint"] = Field(
         "per-domain", description="How target batches meet BatchNorm in training. per-domain: each domain is "
@@ -133,6 +159,13 @@ class TrainerConfig(_Strict):
                                   "2019); joint: one pass over both domains, normalised by their mixture.")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise ValueError(f"'{device[:40]}' is not a device transmodal trains on; use auto, cpu, cuda or cuda:N")
+        return device
 
 
 class OutputConfig(_Strict):
@@ -144,7 +177,7 @@ class OutputConfig(_Strict):
 class Experiment(_Strict):
     """One experiment: data x model x adaptation x optimisation."""
 
-    name: Annotated[str, _file_name(NAME_MAX_BYTES - RUN_SUFFIX_BYTES)] = Field(
+    name: Annotated[str, _file_name(MAX_NAME_LENGTH)] = Field(
         "experiment", description="Also the start of generated run directory names.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -166,14 +199,16 @@ class Experiment(_Strict):
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as file:
-            loaded = yaml.safe_load(file)  # from the file object, YAML errors name the file, not "<unicode string>"
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"Config file not found: {path}.{did_you_mean(path)}") from None
     except OSError as error:
         raise ConfigError(f"Cannot read config file {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB, far more than any experiment "
+                          f"config needs; is it the right file?")
+    loaded = parse_yaml(decode_config(data, str(path)), str(path))
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -198,8 +233,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not separator or not path.strip():
             raise ConfigError(f"--set expects path.to.key=value, got '{override}'")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = parse_yaml(text, f"--set {path.strip()}")
+        except ConfigError as error:
+            if not isinstance(error.__cause__, yaml.YAMLError):
+                raise  # a value too large or too deep is refused, not kept as a string
             value = text
         _set_path(raw, path.strip().split("."), value, override)
     return raw
@@ -238,6 +275,19 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | None 
     apply_overrides(raw, overrides or [])
     _fill_default_names(raw, Experiment)
     return parse_experiment(raw, str(path) if path is not None else "the default experiment")
+
+
+def as_experiment(source: Experiment | Mapping[str, Any] | str | os.PathLike[str]) -> Experiment:
+    """An experiment given as an ``Experiment``, a dict shaped like the YAML file, or the path of a YAML file."""
+    if isinstance(source, Experiment):
+        return source
+    if isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))  # default names are filled in place; the caller's dict stays as given
+        _fill_default_names(raw, Experiment)
+        return parse_experiment(raw, "the experiment dict")
+    if isinstance(source, (str, os.PathLike)):
+        return load_experiment(source)
+    raise TypeError(f"expected an Experiment, a dict or the path of a YAML file, got {type(source).__name__}")
 
 
 def _fill_default_names(raw: dict[str, Any], model: type[BaseModel]) -> None:
@@ -355,9 +405,14 @@ def format_validation_error(
             lines.append(f"  {path}: unknown key.{suggestion} Allowed keys: {', '.join(allowed) or 'none'}")
             continue
         value = item.get("input")
-        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {_short_repr(value)})"
         lines.append(f"  {path}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"
 
 
 def _allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str]:

@@ -20,11 +20,17 @@ class UnknownComponentError(ConfigError):
 
 
 class DuplicateComponentError(TransmodalError):
-    """Two providers registered the same name for the same kind."""
+    """Two providers registered the same name for the same kind. Plugin loading keeps the first and warns; a
+    registry used directly raises this."""
 
 
 class PluginLoadError(TransmodalError):
-    """A plugin failed to load while strict plugin loading is on."""
+    """A plugin, or one of its components, failed to load while strict plugin loading is on (CLI exit status 1)."""
+
+
+class ComponentBuildError(TransmodalError):
+    """A component's factory raised something other than a transmodal error: a bug in the plugin that provides
+    it, not in the config (CLI exit status 1)."""
 
 
 class DataError(TransmodalError):

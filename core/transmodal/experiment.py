@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from transmodal.config import Experiment, ResolvedComponent, validate_components
 from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, split_columns
 from transmodal.encoder import Encoder, ImageInput
 from transmodal.errors import CheckpointError, ConfigError, DataError
 from transmodal.model import LateFusionHeads, TransmodalModel
+from transmodal.model_size import build_if_it_fits
 from transmodal.plugins import Plugins, get_plugins
 from transmodal.strategy import Strategy
 from transmodal.validator import Validator
@@ -52,7 +55,7 @@ def assemble(
 
 
 def _build(resolved: ResolvedComponent, *context: Any, **keywords: Any) -> Any:
-    return resolved.component.load_factory()(resolved.params, *context, **keywords)
+    return resolved.component.create(resolved.params, *context, **keywords)
 
 
 def _tokenizer_texts(bundle: DatasetBundle, modality: str, fit_on: str) -> list[str]:
@@ -128,6 +131,23 @@ def prepare_data(
 
 
 def build_model(
+    experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData
+) -> TransmodalModel:
+    """The model, refused before allocation if training it cannot fit in the training device's memory."""
+    from transmodal.trainer import resolve_device  # the trainer imports this module
+
+    def parts(model: nn.Module) -> dict[str, nn.Module]:
+        assert isinstance(model, TransmodalModel)
+        return {**{f"model.encoders.{m}": e for m, e in model.encoders.items()},
+                "model.fusion": model.fusion, "model.head": model.head}
+
+    model = build_if_it_fits(lambda: _assemble_model(experiment, components, data), parts,
+                             resolve_device(experiment.trainer.device), experiment.optimizer.name)
+    assert isinstance(model, TransmodalModel)
+    return model
+
+
+def _assemble_model(
     experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData
 ) -> TransmodalModel:
     encoders: dict[str, Encoder] = {}

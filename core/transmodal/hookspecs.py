@@ -9,7 +9,8 @@ Each hook hands the plugin a ``register`` callback for one kind of component::
 
 ``register(name, factory, params=NoParams, description="")``: ``factory`` is a callable or a lazy
 "module:attr" string; ``params`` a pydantic model (``extra="forbid"``) of the component's parameters.
-The factory is called as ``factory(params, *context)``; the context per kind is given below.
+The factory is called as ``factory(params, *context)``; the context per kind is given below. A name another
+provider registered first is skipped with a warning (the first registered wins). CONTRIBUTING.md is the full guide.
 
 Compatibility promise: hook arguments are only ever added, never removed or renamed, so a plugin written
 against an older transmodal keeps loading.

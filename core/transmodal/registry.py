@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from transmodal.errors import DuplicateComponentError, UnknownComponentError
+from transmodal.errors import ComponentBuildError, DuplicateComponentError, TransmodalError, UnknownComponentError
 
 KINDS: tuple[str, ...] = (
     "backbone",
@@ -78,10 +78,25 @@ class Component:
         module_name, _, attr = self.factory.partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
-    def build(self, *args: Any, **params: Any) -> Any:
-        """Validate ``params`` against the component's model and call the factory with them."""
-        validated = self.params.model_validate(params)
-        return self.load_factory()(validated, *args)
+    def create(self, params: BaseModel, *context: Any, **keywords: Any) -> Any:
+        """Call the factory as ``factory(params, *context)``. Anything it raises other than a transmodal error is
+        a bug of the component's provider, reported as such (with the original as ``__cause__``)."""
+        try:
+            return self.load_factory()(params, *context, **keywords)
+        except TransmodalError:
+            raise
+        except Exception as error:
+            raise ComponentBuildError(
+                f"{self.kind} '{self.name}' from {self.distribution} failed while being built: "
+                f"{type(error).__name__}: {error}. This is a bug in {self.distribution}, not in your config: report "
+                f"it to its authors, or choose another {self.kind}. For the traceback, run with --debug "
+                f"(or TRANSMODAL_DEBUG=1)."
+            ) from error
+
+    def build(self, *context: Any, **params: Any) -> Any:
+        """Validate ``params`` against the component's model, then ``create`` it: the context comes first here
+        (parameters are keywords), second in the factory's own signature."""
+        return self.create(self.params.model_validate(params), *context)
 
 
 @dataclass
@@ -90,16 +105,17 @@ class Registry:
 
     kind: str
     components: dict[str, Component] = field(default_factory=dict)
-    # Set by the plugin manager so that lookup errors can mention plugins that failed to load.
+    # Set by the plugin manager so that lookup errors can mention plugins that failed to load, and say which
+    # installed distributions an environment variable kept from loading (distribution -> why, and what to change).
     failure_notes: Callable[[], list[str]] = field(default=lambda: [])
+    skipped: Callable[[], dict[str, str]] = field(default=lambda: {})
 
     def add(self, component: Component) -> None:
         existing = self.components.get(component.name)
         if existing is not None:
             raise DuplicateComponentError(
                 f"{self.kind} '{component.name}' is registered twice: by {existing.distribution} "
-                f"and by {component.distribution}. Uninstall one of them, or disable it with "
-                f"TRANSMODAL_DISABLE_PLUGINS."
+                f"and by {component.distribution}"
             )
         self.components[component.name] = component
 
@@ -131,7 +147,10 @@ class Registry:
             lines[0] += f" Did you mean: {', '.join(close)}?"
         provider = next((FIRST_PARTY_PROVIDERS.get(r.kind, {}).get(name) for r in registries
                          if name in FIRST_PARTY_PROVIDERS.get(r.kind, {})), None)
-        if provider is not None:
+        skipped_by = self.skipped().get(provider) if provider is not None else None
+        if provider is not None and skipped_by is not None:
+            lines.append(f"'{name}' is provided by the plugin {provider}, which is installed but {skipped_by}.")
+        elif provider is not None:
             # The first-party plugins are not published on PyPI: installing from a checkout is what works.
             lines.append(f"'{name}' is provided by the plugin {provider}. From a transmodal checkout: "
                          f"pip install -e plugins/{provider} (or pip install {provider} from an index that has it)")

@@ -13,8 +13,8 @@ from collections import Counter
 from typing import Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from transmodal.builtin.params import WordTokenizerParams
 from transmodal.data import PAD_ID, UNK_ID
 
 PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
@@ -31,14 +31,6 @@ class Tokenizer(Protocol):
 
     def state(self) -> str:
         """Everything needed to restore this tokenizer, as a string (stored in checkpoints)."""
-
-
-class WordTokenizerParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_length: int = Field(64, ge=1, description="Tokens kept per text; longer texts are truncated.")
-    vocab_size: int = Field(20_000, ge=2, description="Most frequent words kept, including <pad> and <unk>.")
-    min_freq: int = Field(1, ge=1, description="Words seen fewer times in training become <unk>.")
-    lowercase: bool = True
 
 
 _TOKEN_PATTERN = re.compile(r"[\w']+|[^\w\s]")

@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from transmodal.builtin.params import MetricParams, OracleParams
 from transmodal.data import Batch
 from transmodal.errors import ConfigError, DataError
 from transmodal.model import TransmodalModel
@@ -123,12 +123,6 @@ class Validator:
         raise NotImplementedError
 
 
-class MetricParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    split: str = Field("source/val", description="Evaluation split whose metric is read.")
-    metric: str = Field("accuracy", description="accuracy, macro_f1, or loss (lower is better).")
-
-
 class MetricValidator(Validator):
     """A metric of a labelled evaluation split; negated for the loss so that higher is always better."""
 
@@ -158,10 +152,6 @@ def build_source_val(params: MetricParams) -> MetricValidator:
         raise ConfigError(f"validator source-val: '{params.split}' is a target split; use the 'oracle' validator "
                           f"to select on target labels (reported as an upper bound)")
     return MetricValidator("source-val", params, oracle=False)
-
-
-class OracleParams(MetricParams):
-    split: str = Field("target/test", description="Labelled target split whose metric is read.")
 
 
 def build_oracle(params: OracleParams) -> MetricValidator:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from transmodal.builtin.datasets import SyntheticShapesParams
-from transmodal.builtin.encoders import BagOfWordsParams, MLPParams, SmallCNNParams
-from transmodal.builtin.fusions import (
+from transmodal.builtin.params import (
+    BagOfWordsParams,
     BilinearParams,
     ConcatParams,
+    DANNParams,
     FiLMParams,
+    FinetuneParams,
     GatedParams,
+    LinearHeadParams,
     LowRankTensorParams,
     MeanParams,
+    MetricParams,
+    MLPParams,
+    OracleParams,
+    SmallCNNParams,
+    SyntheticShapesParams,
     TensorParams,
+    WordTokenizerParams,
 )
-from transmodal.builtin.heads import LinearHeadParams
-from transmodal.builtin.strategies import DANNParams, FinetuneParams
 from transmodal.hookspecs import Register, hookimpl
 from transmodal.registry import NoParams
-from transmodal.tokenizer import WordTokenizerParams
-from transmodal.validator import MetricParams, OracleParams
 
 _HERE = "transmodal.builtin"
 

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from transmodal.builtin.params import SyntheticShapesParams
 from transmodal.data import SOURCE_DOMAIN, TARGET_DOMAIN, DatasetBundle, Split
 from transmodal.datasets.shapes_render import CLASS_NAMES, render_split
-
-
-class SyntheticShapesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    train_size: int = Field(6000, ge=1, description="Labelled source training samples.")
-    val_size: int = Field(1000, ge=1, description="Labelled source validation samples.")
-    target_train_size: int = Field(6000, ge=0, description="Target samples whose labels training never sees.")
-    target_test_size: int = Field(1000, ge=1, description="Labelled target test samples.")
-    image_size: int = Field(32, ge=16, le=128)
-    seed: int = Field(0, description="Seed of the generated data (independent of the training seed).")
 
 
 def _split(domain: str, domain_id: int, size: int, seed: int, image_size: int) -> Split:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
+from transmodal.builtin.params import BagOfWordsParams, MLPParams, SmallCNNParams
 from transmodal.data import PAD_ID, ModalitySpec
 from transmodal.encoder import Encoder
 from transmodal.errors import ConfigError
@@ -18,12 +18,6 @@ def _require_kind(modality: ModalitySpec, kind: str, encoder: str) -> None:
             f"'{modality.name}' is {modality.kind}. Choose an encoder for {modality.kind} "
             f"(transmodal components encoder)."
         )
-
-
-class SmallCNNParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    channels: list[PositiveInt] = Field([16, 32, 64], min_length=1, description="Output channels of each conv block.")
-    tokens: bool = Field(False, description="Return the last feature map as (B, H*W, C) tokens.")
 
 
 class SmallCNN(Encoder):
@@ -66,12 +60,6 @@ def build_small_cnn(params: SmallCNNParams, modality: ModalitySpec) -> SmallCNN:
     return SmallCNN(modality.shape[0], params.channels, params.tokens)
 
 
-class MLPParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hidden: list[PositiveInt] = Field([256, 128], min_length=1, description="Width of each layer; the last is out_dim.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-
-
 class MLPEncoder(Encoder):
     def __init__(self, in_dim: int, hidden: list[int], dropout: float) -> None:
         super().__init__()
@@ -95,12 +83,6 @@ class MLPEncoder(Encoder):
 def build_mlp(params: MLPParams, modality: ModalitySpec) -> MLPEncoder:
     _require_kind(modality, "vector", "mlp")
     return MLPEncoder(modality.shape[0], params.hidden, params.dropout)
-
-
-class BagOfWordsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    embedding_dim: int = Field(64, ge=1)
-    out_dim: int | None = Field(None, ge=1, description="Add a ReLU projection to this width; none keeps the mean.")
 
 
 class BagOfWordsEncoder(Encoder):

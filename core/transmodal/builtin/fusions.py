@@ -9,17 +9,19 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from transmodal.builtin.params import (
+    BilinearParams,
+    ConcatParams,
+    FiLMParams,
+    GatedParams,
+    LowRankTensorParams,
+    MeanParams,
+    TensorParams,
+)
 from transmodal.errors import ConfigError
 from transmodal.fusion import Fusion, presence
-
-
-class ConcatParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hidden: int | None = Field(None, ge=1, description="Project the concatenation through a ReLU MLP of this width.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class ConcatFusion(Fusion):
@@ -43,11 +45,6 @@ def build_concat(params: ConcatParams, input_dims: dict[str, int]) -> ConcatFusi
     return ConcatFusion(input_dims, params.hidden, params.dropout)
 
 
-class MeanParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dim: int = Field(256, ge=1, description="Width every modality is projected to before averaging.")
-
-
 class MeanFusion(Fusion):
     """Project every modality to one width and average over the modalities each sample has."""
 
@@ -68,11 +65,6 @@ class MeanFusion(Fusion):
 
 def build_mean(params: MeanParams, input_dims: dict[str, int]) -> MeanFusion:
     return MeanFusion(input_dims, params.dim)
-
-
-class GatedParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dim: int = Field(128, ge=1, description="Width of each modality's tanh projection, and of the output.")
 
 
 class GatedFusion(Fusion):
@@ -103,13 +95,6 @@ def build_gated(params: GatedParams, input_dims: dict[str, int]) -> GatedFusion:
     return GatedFusion(input_dims, params.dim)
 
 
-class BilinearParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rank: int = Field(256, ge=1, description="Width of the joint space where the projections are multiplied.")
-    dim: int = Field(128, ge=1, description="Output width (a linear map of the product).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the product.")
-
-
 class BilinearFusion(Fusion):
     """Low-rank bilinear pooling (MLB, Kim et al., 2017): ``P (tanh(U_1 x_1) * ... * tanh(U_M x_M))``.
 
@@ -135,20 +120,6 @@ class BilinearFusion(Fusion):
 
 def build_bilinear(params: BilinearParams, input_dims: dict[str, int]) -> BilinearFusion:
     return BilinearFusion(input_dims, params.rank, params.dim, params.dropout)
-
-
-class TensorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    project: int | None = Field(
-        None, ge=1, description="Project each modality to this width first, to keep the outer product small; "
-        "none multiplies the features as they are.",
-    )
-    dim: int = Field(128, ge=1, description="Width of the ReLU layer applied to the flattened product.")
-    max_size: int = Field(
-        2**18, ge=1, description="Most entries per sample allowed in the outer product (product of width + 1 "
-        "over modalities); a larger product is refused before anything is allocated.",
-    )
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the flattened product.")
 
 
 def _extended(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -210,12 +181,6 @@ def build_tensor(params: TensorParams, input_dims: dict[str, int]) -> TensorFusi
     return TensorFusion(input_dims, params.project, params.dim, params.max_size, params.dropout)
 
 
-class LowRankTensorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rank: int = Field(4, ge=1, description="Rank of the decomposition of the fusion weight tensor.")
-    dim: int = Field(128, ge=1, description="Output width.")
-
-
 class LowRankTensorFusion(Fusion):
     """Low-rank multimodal fusion (Liu et al., 2018): tensor fusion whose weight is a sum of ``rank`` outer
     products of per-modality factors, computed without ever forming the product.
@@ -245,14 +210,6 @@ class LowRankTensorFusion(Fusion):
 
 def build_low_rank_tensor(params: LowRankTensorParams, input_dims: dict[str, int]) -> LowRankTensorFusion:
     return LowRankTensorFusion(input_dims, params.rank, params.dim)
-
-
-class FiLMParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    conditioning: str = Field(
-        "text", description="The modality that conditions the others: each other modality x becomes "
-        "gamma(c) * x + beta(c)."
-    )
 
 
 class FiLMFusion(Fusion):

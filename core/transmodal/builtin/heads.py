@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-
-class LinearHeadParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hidden: int = Field(0, ge=0, description="Width of an optional hidden layer; 0 for a plain linear head.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+from transmodal.builtin.params import LinearHeadParams
 
 
 def build_linear_head(params: LinearHeadParams, in_dim: int, num_classes: int) -> nn.Module:

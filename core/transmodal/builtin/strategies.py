@@ -5,18 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from torch import nn
 
+from transmodal.builtin.params import DANNParams, FinetuneParams
 from transmodal.model import TransmodalModel
 from transmodal.strategy import ParamGroup, StepData, Strategy, TrainingContext
-
-
-class FinetuneParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    encoder_lr_scale: float = Field(
-        1.0, gt=0.0, description="Learning-rate multiplier for the encoders (below 1 keeps pretrained weights closer)."
-    )
 
 
 class Finetune(Strategy):
@@ -92,22 +86,6 @@ class DomainDiscriminator(nn.Sequential):
             nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden, 1),
         )
-
-
-class DANNParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    weight: float = Field(1.0, ge=0.0, description="Weight of the domain loss.")
-    hidden: int = Field(1024, ge=1, description="Width of the domain discriminator (1024: Ganin et al., 2016).")
-    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout after each hidden layer of the discriminator "
-                                                            "(0.5: Ganin et al., 2016).")
-    gamma: float = Field(10.0, gt=0.0, description="Steepness of the reversal coefficient's warm-up "
-                                                   "(10: Ganin et al., 2016).")
-    max_coefficient: float = Field(1.0, gt=0.0, description="Reversal coefficient reached at the end of training.")
-    delay: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="Fraction of training before the reversal coefficient starts its warm-up: until then the "
-                    "discriminator learns but sends no gradient to the encoders (lets the task features form first).",
-    )
 
 
 class DANN(Strategy):

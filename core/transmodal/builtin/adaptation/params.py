@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class WeightSchedule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     weight: float = Field(1.0, ge=0.0, description="Weight of the loss term once the ramp is over.")
     warmup: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of training during which the weight is 0.")
     ramp: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of training, after the warm-up, over which "
@@ -42,7 +42,7 @@ class WeightSchedule(BaseModel):
 
 
 class FreezeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     groups: list[str] = Field([], description="Layer groups to freeze, as patterns (fnmatch) of group names such "
                                               "as 'encoders.image.block1' or 'encoders.*'.")
     first: int = Field(0, ge=0, description="Also freeze the first (input-side) k groups of every encoder.")
@@ -57,7 +57,7 @@ class FreezeParams(BaseModel):
 
 
 class LPFTParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     probe_epochs: int = Field(1, ge=1, description="Epochs of linear probing before everything trains.")
     probe_groups: list[str] = Field(["fusion", "head"], min_length=1,
                                     description="Groups (patterns) that train during the probing phase.")
@@ -65,7 +65,7 @@ class LPFTParams(BaseModel):
 
 
 class GradualUnfreezeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     every: int = Field(1, ge=1, description="Open one more level of groups every this many epochs or steps.")
     unit: Literal["epoch", "step"] = Field("epoch", description="Unit of 'every'.")
     start: int = Field(1, ge=1, description="Levels open from the start (1: the head only).")
@@ -73,7 +73,7 @@ class GradualUnfreezeParams(BaseModel):
 
 
 class LayerwiseLRParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     decay: float = Field(0.5, gt=0.0, le=1.0, description="Learning-rate factor per level below the head: the "
                                                           "group d levels down trains at lr * decay^d.")
 
@@ -82,7 +82,7 @@ class LayerwiseLRParams(BaseModel):
 
 
 class L2SPParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     alpha: float = Field(0.01, ge=0.0, description="Weight of the pull toward the starting weights.")
     beta: float = Field(0.01, ge=0.0, description="Weight of plain L2 on the other (new) layers.")
     pretrained: list[str] = Field(["encoders.*"], description="Groups (patterns) pulled toward their start.")
@@ -91,7 +91,7 @@ class L2SPParams(BaseModel):
 
 
 class L2Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     weight: float = Field(1e-4, ge=0.0, description="lambda in lambda/2 * ||w||^2.")
     groups: list[str] = Field(["*"], min_length=1, description="Groups (patterns) penalised.")
 
@@ -100,7 +100,7 @@ class L2Params(BaseModel):
 
 
 class AdaBNParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_batches: int | None = Field(None, ge=1, description="Target batches used (default: all of them).")
 
 
@@ -157,7 +157,7 @@ class PseudoLabelParams(WeightSchedule):
 
 
 class TargetValidatorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_batches: int | None = Field(None, ge=1, description="Unlabelled target batches scored (default: all).")
     max_samples: int | None = Field(None, ge=1, description="Unlabelled target samples scored (default: all).")
 
@@ -168,7 +168,7 @@ class SNDParams(TargetValidatorParams):
 
 
 class DEVParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_samples: int = Field(2000, ge=2, description="Samples used from each of source train, source val and "
                                                      "unlabelled target.")
     l2: float = Field(1e-2, gt=0.0, description="L2 penalty of the logistic domain classifier (on standardised "

@@ -1,0 +1,55 @@
+"""The listing and validation commands start without importing torch (it costs seconds on every call)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# Runs the CLI in a fresh interpreter, then reports which heavy modules the command imported.
+PROBE = """
+import contextlib, io, json, sys
+from transmodal.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exit:  # --help
+        code = exit.code
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    ["components"],
+    ["components", "fusion", "c*"],
+    ["plugins"],
+    ["config", "validate", str(EXAMPLES / "shapes_fused.yaml")],
+    ["config", "validate", str(EXAMPLES / "shapes_fused.yaml"), "--set", "model.fusion={name: tensor, project: 8}"],
+])
+def test_command_does_not_import_torch(args: list[str]):
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "torch": False, "numpy": False}, result.stderr
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "transmodal", "components", "fusion", "concat"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "concat" in result.stdout
+
+
+def test_every_public_name_resolves():
+    import transmodal
+
+    for name in transmodal.__all__:
+        assert getattr(transmodal, name) is not None, name
+    assert transmodal.Experiment.__module__ == "transmodal.config"
+    assert set(transmodal.__all__) <= set(dir(transmodal))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        transmodal.nope  # noqa: B018
