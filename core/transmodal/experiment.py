@@ -69,8 +69,8 @@ def _tokenizer(resolved: ResolvedComponent, texts: list[str], modality: str, sta
     """Fitted on ``texts``, or restored from ``state`` (from a checkpoint, which may be damaged)."""
     if state is None:
         return _build(resolved, texts)
-    try:
-        return _build(resolved, texts, state=state)
+    try:  # the factory itself: what it raises here is the saved state's fault, not a bug of its provider
+        return resolved.component.load_factory()(resolved.params, texts, state=state)
     except Exception as error:  # whatever the tokenizer's own parser raises on a damaged state
         raise CheckpointError(f"its '{modality}' tokenizer cannot be restored ({type(error).__name__}: "
                               f"{str(error)[:200]})") from None
