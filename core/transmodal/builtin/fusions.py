@@ -27,12 +27,13 @@ from transmodal.fusion import Fusion, presence
 class ConcatFusion(Fusion):
     """Concatenate modality features (absent ones as zeros), optionally through a projection MLP."""
 
-    def __init__(self, input_dims: dict[str, int], hidden: int | None, dropout: float) -> None:
+    def __init__(self, input_dims: dict[str, int], hidden: int | None, dropout: float, batchnorm: bool = False) -> None:
         super().__init__(input_dims)
         width = sum(self.input_dims.values())
-        self.projection = (
-            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)) if hidden is not None else None
-        )
+        self.projection = None
+        if hidden is not None:
+            norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
+            self.projection = nn.Sequential(nn.Linear(width, hidden), *norm, nn.ReLU(), nn.Dropout(dropout))
         self.output_dim = hidden or width
 
     def forward(self, features, present=None, token_masks=None) -> torch.Tensor:
@@ -42,7 +43,7 @@ class ConcatFusion(Fusion):
 
 
 def build_concat(params: ConcatParams, input_dims: dict[str, int]) -> ConcatFusion:
-    return ConcatFusion(input_dims, params.hidden, params.dropout)
+    return ConcatFusion(input_dims, params.hidden, params.dropout, params.batchnorm)
 
 
 class MeanFusion(Fusion):

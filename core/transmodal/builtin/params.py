@@ -38,6 +38,10 @@ class BagOfWordsParams(BaseModel):
 class ConcatParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     hidden: int | None = Field(None, ge=1, description="Project the concatenation through a ReLU MLP of this width.")
+    batchnorm: bool = Field(False, description="With hidden: BatchNorm between the projection and its ReLU, as in "
+                                               "the bottleneck of the domain-adaptation recipes (Linear, "
+                                               "BatchNorm1d, ReLU). It keeps units from all dying under an "
+                                               "alignment loss that a constant feature minimises (mmd, coral).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 class MeanParams(BaseModel):
