@@ -38,7 +38,8 @@ class MappedColumn:
     """Rows ``rows`` of a memory-mapped array, read only when indexed: ``column[indices]`` gathers one batch.
 
     The rows are read in ascending order of their position on disk (sequential reads, each page once) and put
-    back in the requested order with one tensor scatter: no per-sample Python.
+    back in the requested order with one tensor scatter: no per-sample Python. Row -1 stands for a sample without
+    this modality and reads as zeros.
     """
 
     def __init__(self, array: torch.Tensor, rows: torch.Tensor) -> None:
@@ -52,20 +53,22 @@ class MappedColumn:
     def shape(self) -> torch.Size:
         return torch.Size((len(self.rows), *self.array.shape[1:]))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.array.dtype
-
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         physical = self.rows[indices]
         order = torch.argsort(physical)
-        gathered = torch.empty((len(physical), *self.shape[1:]), dtype=self.array.dtype)
-        gathered[order] = self.array[physical[order]]
+        physical = physical[order]
+        first = int(torch.searchsorted(physical, 0))  # absent rows (-1) sort first
+        gathered = torch.zeros((len(physical), *self.shape[1:]), dtype=self.array.dtype)
+        gathered[order[first:]] = self.array[physical[first:]]
         return gathered
 
     def select(self, indices: torch.Tensor) -> MappedColumn:
-        """A subset of the rows, still on disk (for splitting a dataset without reading it)."""
+        """A subset of the rows, still on disk (splitting a dataset reads nothing)."""
         return MappedColumn(self.array, self.rows[indices])
+
+    def load(self) -> torch.Tensor:
+        """Every row, read into memory."""
+        return self[torch.arange(len(self))]
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Images are decoded once, in parallel worker processes, into one uint8 array (N, 3, S, S) on disk, which later
 runs memory-map instead of decoding again. An entry is keyed by the ordered file list, each file's size and
-modification time, the image side S and the decoder; any change to one file (or a file added or removed)
+modification time, the image side S and the decoding method; any change to one file (or a file added or removed)
 gives another key, so the whole entry is rebuilt: simple, and a partial update could not be verified anyway.
 
 An entry is a folder ``images-<key>/`` holding ``images.u8``, ``status.u8`` (per file: decoded, missing or
@@ -40,7 +40,7 @@ ENTRY_PREFIX = "images-"
 IMAGES, STATUS, HEADER = "images.u8", "status.u8", "header.json"
 CHUNK = 64  # files per worker task: large enough to amortise the task's overhead, small enough to balance
 
-Decoder = Callable[[Path, int], bytes]  # (path, side) -> (3, side, side) uint8 bytes; module-level (picklable)
+DECODER = "pillow-rgb-bilinear-centre-crop"  # part of the key: change it when decode_rgb's output changes
 
 
 def default_cache_dir() -> Path:
@@ -79,14 +79,14 @@ class ImageCache:
         self.root = (root or default_cache_dir()).expanduser()
         self.num_workers = num_workers or default_workers()
 
-    def load(self, files: Sequence[Path], size: int, decoder: Decoder = decode_rgb) -> DecodedImages:
+    def load(self, files: Sequence[Path], size: int) -> DecodedImages:
         """The decoded images of ``files`` (in order) at side ``size``, from the cache or decoded now."""
         paths = [str(Path(file).absolute()) for file in files]
         stats = [_stat(path) for path in paths]
         if not paths:
             return DecodedImages(torch.empty(0, 3, size, size, dtype=torch.uint8),
                                  torch.empty(0, dtype=torch.uint8), None, True)
-        key = json.dumps({"format": CACHE_FORMAT, "size": size, "decoder": _name(decoder),
+        key = json.dumps({"format": CACHE_FORMAT, "size": size, "decoder": DECODER,
                           "files": [[path, *stat] if stat else [path, None] for path, stat in zip(paths, stats)]})
         key_sha = hashlib.sha256(key.encode()).hexdigest()
         entry = self.root / f"{ENTRY_PREFIX}{key_sha[:32]}"
@@ -98,7 +98,7 @@ class ImageCache:
             warnings.warn(f"image cache entry {entry} is unusable ({problem}); decoding the images again",
                           stacklevel=2)
             shutil.rmtree(entry, ignore_errors=True)
-        self._build(entry, paths, stats, size, decoder, key_sha, shape)
+        self._build(entry, paths, stats, size, key_sha, shape)
         return _open(entry, shape, reused=False)
 
     def entries(self) -> list[CacheEntry]:
@@ -125,16 +125,16 @@ class ImageCache:
         return freed
 
     def _build(self, entry: Path, paths: list[str], stats: list[tuple[int, int] | None], size: int,
-               decoder: Decoder, key_sha: str, shape: list[int]) -> None:
+               key_sha: str, shape: list[int]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         temporary = self.root / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         temporary.mkdir()
         try:
             with open(temporary / IMAGES, "wb") as file:
                 file.truncate(_nbytes(shape))
-            status = self._decode_all(temporary / IMAGES, paths, stats, size, decoder)
+            status = self._decode_all(temporary / IMAGES, paths, stats, size)
             (temporary / STATUS).write_bytes(bytes(status))
-            header = {"format": CACHE_FORMAT, "key_sha256": key_sha, "shape": shape, "decoder": _name(decoder),
+            header = {"format": CACHE_FORMAT, "key_sha256": key_sha, "shape": shape, "decoder": DECODER,
                       "files": len(paths), "source": os.path.commonpath(paths), "created": time.time(),
                       "decoded": status.count(STATUS_DECODED)}
             (temporary / HEADER).write_text(json.dumps({**header, "header_sha256": _digest(header)}))
@@ -150,12 +150,12 @@ class ImageCache:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
 
-    def _decode_all(self, target: Path, paths: list[str], stats: list[tuple[int, int] | None], size: int,
-                    decoder: Decoder) -> bytearray:
+    def _decode_all(self, target: Path, paths: list[str], stats: list[tuple[int, int] | None],
+                    size: int) -> bytearray:
         status = bytearray(len(paths))  # zero: STATUS_MISSING
         todo = [index for index, stat in enumerate(stats) if stat is not None]
         chunks = [todo[start : start + CHUNK] for start in range(0, len(todo), CHUNK)]
-        tasks = [(str(target), chunk, [paths[i] for i in chunk], size, decoder) for chunk in chunks]
+        tasks = [(str(target), chunk, [paths[i] for i in chunk], size) for chunk in chunks]
         workers = min(self.num_workers, len(chunks))
         bar = tqdm(total=len(todo), desc="decoding images", unit="image", disable=not sys.stderr.isatty(),
                    leave=False)
@@ -171,14 +171,14 @@ class ImageCache:
         if workers <= 1:
             yield from (function(*task) for task in tasks)
             return
-        # forkserver/spawn, not fork: a forked copy of a process that has used torch's thread pool can hang
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        # fork on Linux: spawn and forkserver would re-run the user's unguarded script in every worker. Forking a
+        # process that has used torch's thread pool is safe here only because the workers never call torch.
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
             yield from pool.map(function, *zip(*tasks))
 
 
-def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int,
-                  decoder: Decoder) -> tuple[list[int], list[int]]:
+def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int) -> tuple[list[int], list[int]]:
     """Decode ``paths`` into rows ``indices`` of the array file ``target``; returns each file's status."""
     per_image = 3 * size * size
     codes = []
@@ -186,12 +186,10 @@ def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int,
     try:
         for index, path in zip(indices, paths):
             try:
-                data = decoder(Path(path), size)
+                data = decode_rgb(Path(path), size)
             except (OSError, ValueError, SyntaxError):  # what Pillow raises for a damaged or unknown file
                 codes.append(STATUS_UNDECODABLE)
                 continue
-            if len(data) != per_image:
-                raise ValueError(f"decoder {_name(decoder)} returned {len(data)} bytes for {path}, not {per_image}")
             os.pwrite(descriptor, data, index * per_image)
             codes.append(STATUS_DECODED)
     finally:
@@ -243,10 +241,6 @@ def _nbytes(shape: list[int]) -> int:
 
 def _digest(header: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
-
-
-def _name(decoder: Decoder) -> str:
-    return f"{decoder.__module__}:{decoder.__qualname__}"
 
 
 def _fsync(path: Path) -> None:

@@ -14,6 +14,7 @@ from transmodal.builtin.fusions import (
     TensorParams,
 )
 from transmodal.builtin.heads import LinearHeadParams
+from transmodal.datasets.manifest import ManifestParams
 from transmodal.builtin.strategies import DANNParams, FinetuneParams
 from transmodal.hookspecs import Register, hookimpl
 from transmodal.registry import NoParams
@@ -70,6 +71,8 @@ def register_strategies(register: Register) -> None:
 def register_datasets(register: Register) -> None:
     register("synthetic-shapes", f"{_HERE}.datasets:build_synthetic_shapes", SyntheticShapesParams,
              "Embedded paired image + caption data with a source/target domain shift; no download.")
+    register("manifest", "transmodal.datasets.manifest:build_manifest", ManifestParams,
+             "Your own data: a CSV/TSV/JSONL/Parquet file mapping columns to image, text and vector modalities.")
 
 
 @hookimpl
