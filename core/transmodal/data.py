@@ -129,6 +129,13 @@ class ModalitySpec:
 
 
 Column = torch.Tensor | MappedColumn
+Storage = Literal["memory", "mmap"]  # where a dataset keeps decoded images: in RAM, or mapped from the cache file
+
+
+def select_rows(column: MappedColumn, rows: torch.Tensor, storage: Storage) -> Column:
+    """The rows of one split: left on disk (``mmap``) or read into memory once."""
+    selected = column.select(rows)
+    return selected if storage == "mmap" else selected.load()
 
 
 def split_columns(split: Split, keys: list[str]) -> dict[str, Column]:

@@ -20,7 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from transmodal.data import (
-    SOURCE_DOMAIN, TARGET_DOMAIN, Column, DatasetBundle, MappedColumn, ModalityKind, Split, presence_key,
+    SOURCE_DOMAIN, TARGET_DOMAIN, Column, DatasetBundle, MappedColumn, ModalityKind, Split, Storage, presence_key,
+    select_rows,
 )
 from transmodal.errors import ConfigError, DataError
 from transmodal.image_cache import STATUS_DECODED, STATUS_UNDECODABLE, ImageCache
@@ -90,7 +91,7 @@ class ManifestParams(BaseModel):
     on_missing: Literal["error", "absent", "skip"] = Field(
         "error", description="An image file that is missing or cannot be decoded: error, mark the image absent, "
                              "or skip the row.")
-    storage: Literal["memory", "mmap"] = Field(
+    storage: Storage = Field(
         "memory", description="memory: images in RAM; mmap: read batch by batch from the on-disk image cache "
                               "(for data larger than memory).")
     cache_dir: Path | None = Field(None, description="Image cache folder; default $TRANSMODAL_CACHE_DIR, "
@@ -310,13 +311,12 @@ def _split_off(indices: torch.Tensor, fraction: float, generator: torch.Generato
     return shuffled[:max(count, 0)].sort().values, shuffled[max(count, 0):].sort().values
 
 
-def _column(modality: _Modality, rows: torch.Tensor, storage: str) -> Column | list[str]:
+def _column(modality: _Modality, rows: torch.Tensor, storage: Storage) -> Column | list[str]:
     if modality.kind == "text":
         return [modality.values[i] for i in rows.tolist()]
     if modality.kind == "vector":
         return modality.values[rows]
-    selected = modality.values.select(rows)
-    return selected if storage == "mmap" else selected.load()
+    return select_rows(modality.values, rows, storage)
 
 
 def build_manifest(params: ManifestParams, seed: int = 0) -> DatasetBundle:
