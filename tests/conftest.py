@@ -76,3 +76,9 @@ def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, stop_at_step: int) ->
 
     monkeypatch.setattr(transmodal.Trainer, "train_step", interrupted_step)
     return original_step
+
+
+@pytest.fixture(autouse=True)
+def _image_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Decoded images go to the test's own folder, never the user's cache."""
+    monkeypatch.setenv("TRANSMODAL_CACHE_DIR", str(tmp_path / "image-cache"))

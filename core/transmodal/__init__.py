@@ -17,13 +17,15 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ComponentSpec", "Experiment", "load_experiment", "validate_components"), "transmodal.config"),
-    **dict.fromkeys(("PAD_ID", "UNK_ID", "BatchLoader", "DatasetBundle", "ModalitySpec", "Split"), "transmodal.data"),
+    **dict.fromkeys(("PAD_ID", "UNK_ID", "BatchLoader", "DatasetBundle", "MappedColumn", "ModalitySpec", "Split",
+                     "presence_key"), "transmodal.data"),
     **dict.fromkeys(("Encoder", "ImageInput"), "transmodal.encoder"),
     **dict.fromkeys(("CheckpointError", "ConfigError", "DataError", "DuplicateComponentError", "PluginLoadError",
                      "RunDirectoryError", "TransmodalError", "UnknownComponentError"), "transmodal.errors"),
     **dict.fromkeys(("Assembled", "assemble"), "transmodal.experiment"),
     **dict.fromkeys(("Fusion", "pool_tokens", "presence"), "transmodal.fusion"),
     "hookimpl": "transmodal.hookspecs",
+    "ImageCache": "transmodal.image_cache",
     **dict.fromkeys(("ModelOutput", "TransmodalModel"), "transmodal.model"),
     **dict.fromkeys(("PluginWarning", "get_plugins"), "transmodal.plugins"),
     "NoParams": "transmodal.registry",
@@ -52,7 +54,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from transmodal.api import train
     from transmodal.config import ComponentSpec, Experiment, load_experiment, validate_components
-    from transmodal.data import PAD_ID, UNK_ID, BatchLoader, DatasetBundle, ModalitySpec, Split
+    from transmodal.data import PAD_ID, UNK_ID, BatchLoader, DatasetBundle, MappedColumn, ModalitySpec, Split, presence_key
     from transmodal.encoder import Encoder, ImageInput
     from transmodal.errors import (
         CheckpointError,
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from transmodal.experiment import Assembled, assemble
     from transmodal.fusion import Fusion, pool_tokens, presence
     from transmodal.hookspecs import hookimpl
+    from transmodal.image_cache import ImageCache
     from transmodal.model import ModelOutput, TransmodalModel
     from transmodal.plugins import PluginWarning, get_plugins
     from transmodal.registry import NoParams

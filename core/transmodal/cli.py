@@ -63,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path)
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     config_commands.add_parser("schema", help="JSON schema of the experiment config (for editors)")
+
+    data = commands.add_parser("data", help="write the embedded dataset as image files and a manifest")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    export = data_commands.add_parser("export", help="export synthetic-shapes as PNG files + manifest.csv")
+    export.add_argument("dataset", choices=["synthetic-shapes"])
+    export.add_argument("directory", type=Path)
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
+                        help="a dataset parameter, e.g. --set train_size=500 (repeatable)")
+
+    cache = commands.add_parser("cache", help="list or clear the decoded-image cache")
+    cache.add_argument("cache_command", choices=["list", "clear"])
+    cache.add_argument("--dir", type=Path, help="cache folder (default: $TRANSMODAL_CACHE_DIR, "
+                                                "$XDG_CACHE_HOME/transmodal or ~/.cache/transmodal)")
     return parser
 
 
@@ -284,12 +297,50 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _data(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from transmodal.builtin.datasets import SyntheticShapesParams
+    from transmodal.config import apply_overrides
+    from transmodal.datasets.export import export_synthetic_shapes
+
+    try:
+        params = SyntheticShapesParams.model_validate(apply_overrides({}, args.overrides))
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"synthetic-shapes parameters: {problems}") from None
+    manifest, rows = export_synthetic_shapes(args.directory, params)
+    print(f"wrote {rows} rows to {manifest} (images under {args.directory / 'images'})")
+    return EXIT_OK
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from transmodal.image_cache import ImageCache
+
+    cache = ImageCache(args.dir)
+    if args.cache_command == "clear":
+        freed = cache.clear()
+        print(f"cleared {cache.root} ({freed / 2**20:.1f} MiB freed)")
+        return EXIT_OK
+    entries = cache.entries()
+    if not entries:
+        print(f"{cache.root}: no cached images")
+    for entry in entries:
+        header = entry.header
+        shape = header.get("shape") or ["?"] * 4
+        print(f"{entry.path.name}  {header.get('files', '?')} files, {shape[-1]}x{shape[-1]}, "
+              f"{entry.bytes / 2**20:.1f} MiB  {header.get('source', '(no readable header)')}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "plugins": _plugins,
     "components": _components,
     "config": _config,
+    "data": _data,
+    "cache": _cache,
 }
 
 if __name__ == "__main__":

@@ -3,25 +3,72 @@
 A dataset factory returns a :class:`DatasetBundle`. Images are uint8 tensors (N, C, H, W); texts arrive as
 strings and are numericalised once, for the whole split, by the experiment's tokenizer into int64 ids
 (N, T) padded with :data:`PAD_ID`. A batch is then a dict of tensors: each modality under its name,
-"label" (B,) and "domain" (B,) where known.
+"label" (B,) and "domain" (B,) where known, and ``present/<modality>`` (B,) bool where some samples lack that
+modality (the model passes it to the fusion as the presence mask).
+
+An image column may instead be a :class:`MappedColumn`: rows of a memory-mapped array on disk (the image cache),
+gathered one batch at a time, so that a split larger than memory keeps peak memory flat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from transmodal.errors import DataError
+from transmodal.kinds import ModalityKind, Storage
 
 PAD_ID = 0
 UNK_ID = 1
 SOURCE_DOMAIN, TARGET_DOMAIN = 0, 1
 
-ModalityKind = Literal["image", "text", "vector"]
 Batch = dict[str, torch.Tensor]
+PRESENT_PREFIX = "present/"
+
+
+def presence_key(modality: str) -> str:
+    """The batch key of ``modality``'s presence mask: (B,) bool, False for samples that lack it."""
+    return PRESENT_PREFIX + modality
+
+
+class MappedColumn:
+    """Rows ``rows`` of a memory-mapped array, read only when indexed: ``column[indices]`` gathers one batch.
+
+    The rows are read in ascending order of their position on disk (sequential reads, each page once) and put
+    back in the requested order with one tensor scatter: no per-sample Python. Row -1 stands for a sample without
+    this modality and reads as zeros.
+    """
+
+    def __init__(self, array: torch.Tensor, rows: torch.Tensor) -> None:
+        self.array = array
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self.array.shape[1:]))
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        physical = self.rows[indices]
+        order = torch.argsort(physical)
+        physical = physical[order]
+        first = int(torch.searchsorted(physical, 0))  # absent rows (-1) sort first
+        gathered = torch.zeros((len(physical), *self.shape[1:]), dtype=self.array.dtype)
+        gathered[order[first:]] = self.array[physical[first:]]
+        return gathered
+
+    def select(self, indices: torch.Tensor) -> MappedColumn:
+        """A subset of the rows, still on disk (splitting a dataset reads nothing)."""
+        return MappedColumn(self.array, self.rows[indices])
+
+    def load(self) -> torch.Tensor:
+        """Every row, read into memory."""
+        return self[torch.arange(len(self))]
 
 
 @dataclass
@@ -81,20 +128,29 @@ class ModalitySpec:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def split_columns(split: Split, keys: list[str]) -> dict[str, torch.Tensor]:
-    """The tensor columns of a split that a loader serves, in a fixed order."""
+Column = torch.Tensor | MappedColumn
+
+
+def select_rows(column: MappedColumn, rows: torch.Tensor, storage: Storage) -> Column:
+    """The rows of one split: left on disk (``mmap``) or read into memory once."""
+    selected = column.select(rows)
+    return selected if storage == "mmap" else selected.load()
+
+
+def split_columns(split: Split, keys: list[str]) -> dict[str, Column]:
+    """The tensor (or memory-mapped) columns of a split that a loader serves, in a fixed order."""
     missing = [key for key in keys if key not in split.data]
     if missing:
         raise DataError(f"split lacks {missing}; it has {sorted(split.data)}")
     columns = {key: split.data[key] for key in keys}
     for key, value in columns.items():
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor | MappedColumn):
             raise DataError(f"column '{key}' must be a tensor by now (texts are tokenised first), got {type(value)}")
     return columns
 
 
 class BatchLoader:
-    """Serves batches from in-memory tensors by index: no per-sample Python and no worker processes.
+    """Serves batches from tensors (or memory-mapped columns) by index: no per-sample Python, no worker processes.
 
     The order of an epoch depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same
     batches as one that never stopped. Text columns are trimmed to the longest sample of each batch; with
@@ -103,7 +159,7 @@ class BatchLoader:
 
     def __init__(
         self,
-        columns: Mapping[str, torch.Tensor],
+        columns: Mapping[str, Column],
         batch_size: int,
         shuffle: bool,
         drop_last: bool = False,

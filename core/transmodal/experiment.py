@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from transmodal.config import Experiment, ResolvedComponent, validate_components
-from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, split_columns
+from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, presence_key, split_columns
 from transmodal.encoder import Encoder, ImageInput
 from transmodal.errors import CheckpointError, ConfigError, DataError
 from transmodal.model import LateFusionHeads, TransmodalModel
@@ -110,6 +110,7 @@ def prepare_data(
     seed = trainer.seed
 
     def loader(split: Split, keys: list[str], batch_size: int, train: bool, offset: int) -> BatchLoader:
+        keys = keys + [presence_key(m) for m in used if presence_key(m) in split.data]
         return BatchLoader(
             split_columns(split, keys), batch_size, shuffle=train, drop_last=train, seed=seed + offset,
             text_keys=text_keys, bucket=experiment.data.bucket_by_length and train,

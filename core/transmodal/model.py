@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from transmodal.data import presence_key
 from transmodal.encoder import Encoder
 from transmodal.fusion import Fusion, pool_tokens, presence
 
@@ -55,9 +56,13 @@ class TransmodalModel(nn.Module):
     def encode(
         self, batch: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
-        """Features, presence masks and token masks per modality."""
+        """Features, presence masks and token masks per modality. A presence mask comes from ``present`` or from
+        the batch's ``present/<modality>`` column (datasets whose samples may lack a modality)."""
         batch_size = _batch_size(batch)
         present = dict(present or {})
+        for modality in self.modalities:
+            if modality not in present and presence_key(modality) in batch:
+                present[modality] = batch[presence_key(modality)]
         features: dict[str, torch.Tensor] = {}
         token_masks: dict[str, torch.Tensor | None] = {}
         device = next(self.parameters()).device

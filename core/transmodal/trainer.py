@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from transmodal.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch
+from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch, presence_key
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from transmodal.experiment import Assembled
@@ -233,6 +233,9 @@ class Trainer:
         if not all(m in source and m in target for m in modalities):
             return self.model(source), self.model(target)
         joint = {m: _concat_padded(source[m], target[m]) for m in modalities}
+        for m in modalities:
+            if presence_key(m) in source or presence_key(m) in target:
+                joint[presence_key(m)] = torch.cat([_presence(source, m), _presence(target, m)])
         output = self.model(joint)
         size = source["label"].shape[0]
         return (
@@ -478,6 +481,13 @@ def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> No
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint does not fit this model: {error}") from None
+
+
+def _presence(batch: Batch, modality: str) -> torch.Tensor:
+    """The batch's presence mask of ``modality``; all present when the batch has none."""
+    if presence_key(modality) in batch:
+        return batch[presence_key(modality)]
+    return torch.ones(batch[modality].shape[0], dtype=torch.bool, device=batch[modality].device)
 
 
 def _concat_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from transmodal.builtin.params import (
     TensorParams,
     WordTokenizerParams,
 )
+from transmodal.datasets.manifest_params import ManifestParams
 from transmodal.hookspecs import Register, hookimpl
 from transmodal.registry import NoParams
 
@@ -74,6 +75,8 @@ def register_strategies(register: Register) -> None:
 def register_datasets(register: Register) -> None:
     register("synthetic-shapes", f"{_HERE}.datasets:build_synthetic_shapes", SyntheticShapesParams,
              "Embedded paired image + caption data with a source/target domain shift; no download.")
+    register("manifest", "transmodal.datasets.manifest:build_manifest", ManifestParams,
+             "Your own data: a CSV/TSV/JSONL/Parquet file mapping columns to image, text and vector modalities.")
 
 
 @hookimpl

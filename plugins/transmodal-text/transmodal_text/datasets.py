@@ -5,15 +5,13 @@ Texts stay strings here; the experiment's tokenizer numericalises each split onc
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from transmodal.tables import file_format, is_missing, label_sort_key, read_rows
 from transmodal.data import DatasetBundle, Split
 from transmodal.errors import ConfigError, DataError
 
@@ -115,59 +113,6 @@ def build_imdb(params: IMDBParams, seed: int = 0) -> DatasetBundle:
 # -- text-csv -------------------------------------------------------------------------------------------------
 
 
-def _file_format(path: Path, declared: str) -> str:
-    if declared != "auto":
-        return declared
-    suffix = path.suffix.lower()
-    formats = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-    if suffix not in formats:
-        raise ConfigError(f"data.dataset.format: cannot tell the format of {path} from its suffix; "
-                          f"set format: csv, tsv or jsonl")
-    return formats[suffix]
-
-
-def read_rows(path: Path, file_format: str, encoding: str = "utf-8") -> list[dict[str, Any]]:
-    """Rows as dicts, with the 1-based line number of each under ``"__line__"`` (for error messages)."""
-    path = path.expanduser()
-    if not path.is_file():
-        raise DataError(f"text-csv: no file at {path}")
-    rows: list[dict[str, Any]] = []
-    file = io.StringIO(_decode(path, encoding), newline="")
-    if file_format == "jsonl":
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"text-csv: {path} line {number} is not valid JSON: {error.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"text-csv: {path} line {number} must be a JSON object")
-            rows.append({**row, "__line__": number})
-    else:
-        reader = csv.DictReader(file, delimiter="\t" if file_format == "tsv" else ",")
-        try:
-            for row in reader:
-                rows.append({**row, "__line__": reader.line_num})
-        except csv.Error as error:
-            raise DataError(f"text-csv: {path} line {reader.line_num}: {error}") from None
-    return rows
-
-
-def _decode(path: Path, encoding: str) -> str:
-    """The whole file as text; a byte the encoding cannot read is reported with its line."""
-    data = path.read_bytes()
-    try:
-        # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark that Excel writes
-        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"text-csv: {path} line {line} is not {encoding} text (byte {data[error.start]:#04x} at offset "
-            f"{error.start}); set data.dataset.encoding to the file's encoding, e.g. latin-1 or cp1252"
-        ) from None
-
-
 def _column(row: dict[str, Any], column: str, path: Path, available: list[str], required: bool = True) -> str:
     """A cell as a string; a missing column, or an empty domain cell, is an error naming the line."""
     if column not in row:
@@ -180,10 +125,6 @@ def _column(row: dict[str, Any], column: str, path: Path, available: list[str], 
     return str(value)
 
 
-# Cells that spreadsheets, pandas and JSON writers use for "no value": never a class of their own.
-_MISSING_LABELS = {"", "nan", "na", "n/a", "<na>", "null", "none"}
-
-
 def _label(row: dict[str, Any], column: str, path: Path, available: list[str]) -> str | None:
     """The row's label, or None when the cell holds no label."""
     if column not in row:
@@ -192,23 +133,17 @@ def _label(row: dict[str, Any], column: str, path: Path, available: list[str]) -
     if isinstance(value, list | dict):
         raise DataError(f"text-csv: {path} line {row['__line__']}: '{column}' is a {type(value).__name__} "
                         f"({json.dumps(value)[:60]}); a label is one string or number")
-    if value is None or str(value).strip().lower() in _MISSING_LABELS:
+    if is_missing(value):  # never a class of its own
         return None
     return str(value)
-
-
-def _label_key(label: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
 
 
 class _Table:
     """One file's rows as parallel columns."""
 
     def __init__(self, path: Path, params: TextCSVParams) -> None:
-        rows = read_rows(path, _file_format(path, params.format), params.encoding)
+        # the core's shared reader: the same formats and line-numbered errors as the manifest dataset
+        rows = read_rows(path, file_format(path, params.format, "text-csv"), params.encoding, what="text-csv")
         if not rows:
             raise DataError(f"text-csv: {path} holds no rows")
         available = [key for key in rows[0] if key != "__line__"]
@@ -269,7 +204,7 @@ def build_text_csv(params: TextCSVParams, seed: int = 0) -> DatasetBundle:
             raise DataError(f"text-csv: target domain '{params.target_domain}' does not occur in {params.path}; "
                             f"its domains are {found}")
     tables = [main] + ([test] if test is not None else [])
-    classes = params.classes or sorted({label for table in tables for label in table.labels}, key=_label_key)
+    classes = params.classes or sorted({label for table in tables for label in table.labels}, key=label_sort_key)
     if len(classes) < 2:
         raise DataError(f"text-csv: {params.path} has {len(classes)} class; a classifier needs at least two")
 

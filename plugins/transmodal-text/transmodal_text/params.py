@@ -6,11 +6,11 @@ pydantic only: no torch work, no ``tokenizers``.
 
 from __future__ import annotations
 
-import codecs
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from transmodal.tables import known_encoding
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 # SHA-256 of aclImdb_v1.tar.gz (84,125,825 bytes) as published by many dataset catalogues.
@@ -100,7 +100,8 @@ class IMDBParams(_Params):
 
 class TextCSVParams(_Params):
     path: Path = Field(description="CSV, TSV or JSONL file with one sample per row.")
-    format: Literal["auto", "csv", "tsv", "jsonl"] = Field("auto", description="auto: from the file's suffix.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="auto: from the file's suffix. parquet needs pyarrow.")
     text_column: str = "text"
     label_column: str = "label"
     domain_column: str | None = Field(None, description="Column naming each row's domain.")
@@ -117,14 +118,7 @@ class TextCSVParams(_Params):
         "refuse", description="Rows without a label (empty, NaN, null): refuse names the first; skip leaves them out."
     )
 
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, encoding: str) -> str:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise ValueError(f"unknown text encoding '{encoding}'; e.g. utf-8, latin-1, cp1252, utf-16") from None
-        return encoding
+    _known_encoding = field_validator("encoding")(known_encoding)
 
     @model_validator(mode="after")
     def _target_needs_domain(self) -> TextCSVParams:

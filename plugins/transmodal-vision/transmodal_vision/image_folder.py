@@ -1,7 +1,8 @@
 """A dataset from folders of images, one sub-folder per class, optionally a second folder as target domain.
 
-Images are decoded with torchvision.io once, when the dataset is built, resized (shorter side) and
-centre-cropped to one square size, and kept in memory as uint8 tensors like every other dataset.
+Images are decoded once, in parallel, into the core's on-disk image cache (resized on the shorter side and
+centre-cropped to one square size); later runs on the same files reuse it. Splits hold them in memory as uint8
+tensors like every other dataset, or, with ``storage: mmap``, read them batch by batch from the cache file.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transmodal.data import DatasetBundle, Split
+from transmodal.data import DatasetBundle, MappedColumn, Split, select_rows
 from transmodal.errors import DataError
+from transmodal.image_cache import STATUS_DECODED, ImageCache
 
 from transmodal_vision.params import ImageFolderParams
 
@@ -43,25 +45,17 @@ def scan(root: Path, what: str) -> dict[str, list[Path]]:
     return files
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """One image as uint8 RGB (3, size, size): shorter side resized to ``size``, then centre-cropped."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional
-
-    try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-    except RuntimeError as error:
-        raise DataError(f"cannot decode image {path} ({error}); remove or replace the file") from None
-    image = functional.resize(image, [size], antialias=True)
-    return functional.center_crop(image, [size, size])
-
-
-def _load(files: dict[str, list[Path]], class_index: dict[str, int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
-    for name, paths in files.items():
-        images.extend(load_image(path, size) for path in paths)
-        labels.extend([class_index[name]] * len(paths))
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+def _load(files: dict[str, list[Path]], class_index: dict[str, int], params: ImageFolderParams,
+          ) -> tuple[MappedColumn, torch.Tensor]:
+    """Every image of ``files`` (from the image cache, still on disk) and its label."""
+    paths = [path for class_paths in files.values() for path in class_paths]
+    decoded = ImageCache(params.cache_dir, params.num_workers).load(paths, params.image_size)
+    failed = [str(path) for path, status in zip(paths, decoded.status.tolist()) if status != STATUS_DECODED]
+    if failed:  # the folders were listed a moment ago, so a failure is a file that cannot be decoded
+        raise DataError(f"image-folder: cannot decode image files ({len(failed)}): {', '.join(failed[:3])}"
+                        f"{', ...' if len(failed) > 3 else ''}; remove or replace them")
+    labels = [class_index[name] for name, class_paths in files.items() for _ in class_paths]
+    return MappedColumn(decoded.images, torch.arange(len(paths))), torch.tensor(labels, dtype=torch.int64)
 
 
 def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundle:
@@ -69,7 +63,7 @@ def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundl
     source_files = scan(params.root.expanduser(), "root")
     classes = list(source_files)
     class_index = {name: index for index, name in enumerate(classes)}
-    images, labels = _load(source_files, class_index, params.image_size)
+    images, labels = _load(source_files, class_index, params)
     generator = torch.Generator().manual_seed(params.seed)
     order = torch.randperm(len(labels), generator=generator)
     n_val = round(len(order) * params.val_fraction)
@@ -79,7 +73,8 @@ def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundl
     val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
 
     def split(index: torch.Tensor) -> Split:
-        return Split({"image": images[index], "label": labels[index]})
+        index = index.sort().values  # file order: memory-mapped reads stay sequential
+        return Split({"image": select_rows(images, index, params.storage), "label": labels[index]})
 
     evaluation = {name: split(index) for name, index in (("source/val", val), ("source/test", test)) if len(index)}
     unlabelled = None
@@ -92,7 +87,7 @@ def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundl
                 f"image-folder: target_root class folders {', '.join(unknown)} are not among the source classes "
                 f"({', '.join(classes)}); the two folders must use the same class names"
             )
-        target_images, target_labels = _load(target_files, class_index, params.image_size)
+        target_images, target_labels = _load(target_files, class_index, params)
         target_order = torch.randperm(len(target_labels), generator=generator)
         n_target_test = round(len(target_order) * params.target_test_fraction)
         if not 0 < n_target_test < len(target_order):
@@ -100,9 +95,11 @@ def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundl
                 f"image-folder: {len(target_order)} target images cannot be split into unlabelled training images "
                 f"and target/test with target_test_fraction {params.target_test_fraction}"
             )
-        test_index, unlabelled_index = target_order[:n_target_test], target_order[n_target_test:]
-        evaluation["target/test"] = Split({"image": target_images[test_index], "label": target_labels[test_index]})
-        unlabelled = Split({"image": target_images[unlabelled_index]})
+        test_index = target_order[:n_target_test].sort().values
+        unlabelled_index = target_order[n_target_test:].sort().values
+        evaluation["target/test"] = Split({"image": select_rows(target_images, test_index, params.storage),
+                                           "label": target_labels[test_index]})
+        unlabelled = Split({"image": select_rows(target_images, unlabelled_index, params.storage)})
         description += f"; target {params.target_root}: {len(unlabelled_index)} unlabelled, {n_target_test} test"
     return DatasetBundle(
         modalities={"image": "image"},

@@ -198,6 +198,12 @@ class ImageFolderParams(BaseModel):
     target_test_fraction: float = Field(
         0.5, gt=0.0, lt=1.0, description="Share of target images kept (labelled) as target/test."
     )
+    storage: Literal["memory", "mmap"] = Field(
+        "memory", description="memory: images in RAM; mmap: read batch by batch from the on-disk image cache."
+    )
+    cache_dir: Path | None = Field(None, description="Image cache folder; default $TRANSMODAL_CACHE_DIR, "
+                                                     "$XDG_CACHE_HOME/transmodal or ~/.cache/transmodal.")
+    num_workers: int | None = Field(None, ge=1, description="Processes decoding images; default: one per core.")
     seed: int = Field(0, description="Seed of the splits (independent of the training seed).")
 
     @model_validator(mode="after")

@@ -1,0 +1,248 @@
+"""An on-disk cache of decoded, resized images, shared by every dataset that reads image files.
+
+Images are decoded once, in parallel worker processes, into one uint8 array (N, 3, S, S) on disk, which later
+runs memory-map instead of decoding again. An entry is keyed by the ordered file list, each file's size and
+modification time, the image side S and the decoding method; any change to one file (or a file added or removed)
+gives another key, so the whole entry is rebuilt: simple, and a partial update could not be verified anyway.
+
+An entry is a folder ``images-<key>/`` holding ``images.u8``, ``status.u8`` (per file: decoded, missing or
+undecodable) and ``header.json`` (shape, the key's SHA-256 and a checksum of the header itself). It is written
+to a temporary folder and renamed into place, so a reader sees a whole entry or none; an entry whose header or
+sizes do not match (truncated, edited, damaged) is rebuilt with a warning, never used. The pixel data is not
+checksummed: reading it all back would cost as much as decoding, and the atomic rename already guards it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from transmodal.images import decode_rgb
+
+CACHE_FORMAT = 1
+STATUS_MISSING, STATUS_DECODED, STATUS_UNDECODABLE = 0, 1, 2
+ENTRY_PREFIX = "images-"
+IMAGES, STATUS, HEADER = "images.u8", "status.u8", "header.json"
+CHUNK = 64  # files per worker task: large enough to amortise the task's overhead, small enough to balance
+
+DECODER = "pillow-rgb-bilinear-centre-crop"  # part of the key: change it when decode_rgb's output changes
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSMODAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/transmodal``, else ``~/.cache/transmodal``."""
+    if os.environ.get("TRANSMODAL_CACHE_DIR"):
+        return Path(os.environ["TRANSMODAL_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "transmodal"
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class DecodedImages:
+    """A cache entry opened for reading: ``images`` is memory-mapped, not loaded."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    status: torch.Tensor  # (N,) uint8: STATUS_DECODED, STATUS_MISSING or STATUS_UNDECODABLE
+    entry: Path | None
+    reused: bool  # True when nothing was decoded
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    header: dict[str, Any]
+    bytes: int
+
+
+class ImageCache:
+    """Decoded images on disk under ``root``, decoded by ``num_workers`` processes (1: in this process)."""
+
+    def __init__(self, root: Path | None = None, num_workers: int | None = None) -> None:
+        self.root = (root or default_cache_dir()).expanduser()
+        self.num_workers = num_workers or default_workers()
+
+    def load(self, files: Sequence[Path], size: int) -> DecodedImages:
+        """The decoded images of ``files`` (in order) at side ``size``, from the cache or decoded now."""
+        paths = [str(Path(file).absolute()) for file in files]
+        stats = [_stat(path) for path in paths]
+        if not paths:
+            return DecodedImages(torch.empty(0, 3, size, size, dtype=torch.uint8),
+                                 torch.empty(0, dtype=torch.uint8), None, True)
+        key = json.dumps({"format": CACHE_FORMAT, "size": size, "decoder": DECODER,
+                          "files": [[path, *stat] if stat else [path, None] for path, stat in zip(paths, stats)]})
+        key_sha = hashlib.sha256(key.encode()).hexdigest()
+        entry = self.root / f"{ENTRY_PREFIX}{key_sha[:32]}"
+        shape = [len(paths), 3, size, size]
+        if entry.exists():
+            problem = _check(entry, key_sha, shape)
+            if problem is None:
+                return _open(entry, shape, reused=True)
+            warnings.warn(f"image cache entry {entry} is unusable ({problem}); decoding the images again",
+                          stacklevel=2)
+            shutil.rmtree(entry, ignore_errors=True)
+        self._build(entry, paths, stats, size, key_sha, shape)
+        return _open(entry, shape, reused=False)
+
+    def entries(self) -> list[CacheEntry]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in sorted(self.root.glob(f"{ENTRY_PREFIX}*")):
+            try:
+                header = json.loads((path / HEADER).read_text())
+            except (OSError, ValueError):
+                header = {}
+            found.append(CacheEntry(path, header, sum(f.stat().st_size for f in path.iterdir() if f.is_file())))
+        return found
+
+    def clear(self) -> int:
+        """Remove every entry and leftover temporary folder; returns the bytes freed. Nothing else is touched,
+        so a cache folder shared with other files is safe to clear."""
+        if not self.root.is_dir():
+            return 0
+        freed = 0
+        for path in [*self.root.glob(f"{ENTRY_PREFIX}*"), *self.root.glob(f".tmp-{ENTRY_PREFIX}*")]:
+            freed += sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            shutil.rmtree(path, ignore_errors=True)
+        return freed
+
+    def _build(self, entry: Path, paths: list[str], stats: list[tuple[int, int] | None], size: int,
+               key_sha: str, shape: list[int]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        temporary = self.root / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temporary.mkdir()
+        try:
+            with open(temporary / IMAGES, "wb") as file:
+                file.truncate(_nbytes(shape))
+            status = self._decode_all(temporary / IMAGES, paths, stats, size)
+            (temporary / STATUS).write_bytes(bytes(status))
+            header = {"format": CACHE_FORMAT, "key_sha256": key_sha, "shape": shape, "decoder": DECODER,
+                      "files": len(paths), "source": os.path.commonpath(paths), "created": time.time(),
+                      "decoded": status.count(STATUS_DECODED)}
+            (temporary / HEADER).write_text(json.dumps({**header, "header_sha256": _digest(header)}))
+            for name in (IMAGES, STATUS, HEADER):
+                _fsync(temporary / name)
+            try:
+                os.rename(temporary, entry)
+            except OSError:  # another process finished the same entry first: keep theirs if it is whole
+                if _check(entry, key_sha, shape) is not None:
+                    raise
+                shutil.rmtree(temporary, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+
+    def _decode_all(self, target: Path, paths: list[str], stats: list[tuple[int, int] | None],
+                    size: int) -> bytearray:
+        status = bytearray(len(paths))  # zero: STATUS_MISSING
+        todo = [index for index, stat in enumerate(stats) if stat is not None]
+        chunks = [todo[start : start + CHUNK] for start in range(0, len(todo), CHUNK)]
+        tasks = [(str(target), chunk, [paths[i] for i in chunk], size) for chunk in chunks]
+        workers = min(self.num_workers, len(chunks))
+        bar = tqdm(total=len(todo), desc="decoding images", unit="image", disable=not sys.stderr.isatty(),
+                   leave=False)
+        with bar:
+            for chunk, codes in self._map(_decode_chunk, tasks, workers):
+                for index, code in zip(chunk, codes):
+                    status[index] = code
+                bar.update(len(chunk))
+        return status
+
+    @staticmethod
+    def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+        if workers <= 1:
+            yield from (function(*task) for task in tasks)
+            return
+        # fork on Linux: spawn and forkserver would re-run the user's unguarded script in every worker. Forking a
+        # process that has used torch's thread pool is safe here only because the workers never call torch.
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            yield from pool.map(function, *zip(*tasks))
+
+
+def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int) -> tuple[list[int], list[int]]:
+    """Decode ``paths`` into rows ``indices`` of the array file ``target``; returns each file's status."""
+    per_image = 3 * size * size
+    codes = []
+    descriptor = os.open(target, os.O_WRONLY)
+    try:
+        for index, path in zip(indices, paths):
+            try:
+                data = decode_rgb(Path(path), size)
+            except (OSError, ValueError, SyntaxError):  # what Pillow raises for a damaged or unknown file
+                codes.append(STATUS_UNDECODABLE)
+                continue
+            os.pwrite(descriptor, data, index * per_image)
+            codes.append(STATUS_DECODED)
+    finally:
+        os.close(descriptor)
+    return indices, codes
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def _check(entry: Path, key_sha: str, shape: list[int]) -> str | None:
+    """Why ``entry`` cannot be used for this key, or None when it is whole."""
+    try:
+        header = json.loads((entry / HEADER).read_text())
+    except (OSError, ValueError):
+        return "no readable header"
+    if not isinstance(header, dict) or header.pop("header_sha256", None) != _digest(header):
+        return "header checksum mismatch"
+    if header.get("key_sha256") != key_sha or header.get("shape") != shape:
+        return "header for other files"
+    for name, expected in ((IMAGES, _nbytes(shape)), (STATUS, shape[0])):
+        try:
+            actual = (entry / name).stat().st_size
+        except OSError:
+            return f"{name} missing"
+        if actual != expected:
+            return f"{name} has {actual} bytes, expected {expected}"
+    return None
+
+
+def _open(entry: Path, shape: list[int], reused: bool) -> DecodedImages:
+    # shared=False maps the file copy-on-write: readable without write permission, never modified
+    images = torch.from_file(str(entry / IMAGES), shared=False, size=_nbytes(shape), dtype=torch.uint8)
+    status = torch.frombuffer(bytearray((entry / STATUS).read_bytes()), dtype=torch.uint8)
+    return DecodedImages(images.view(*shape), status, entry, reused)
+
+
+def _nbytes(shape: list[int]) -> int:
+    count = 1
+    for dimension in shape:
+        count *= dimension
+    return count
+
+
+def _digest(header: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())

@@ -1,0 +1,37 @@
+"""Decoding image files for the core's datasets, with Pillow as an optional dependency.
+
+The core does not depend on torchvision; Pillow is imported only when a dataset actually decodes or writes
+image files, and its absence is a one-line error naming the package to install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transmodal.errors import ConfigError
+
+
+def pillow() -> Any:
+    """The ``PIL.Image`` module, or a clear error when Pillow is not installed."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConfigError("reading or writing image files needs Pillow: pip install pillow") from None
+    return Image
+
+
+def decode_rgb(path: Path, size: int) -> bytes:
+    """One image as RGB uint8 bytes in (3, size, size) order: shorter side resized to ``size`` (antialiased),
+    then centre-cropped, as ``image-folder`` does. Channel-major bytes without numpy or torch, so that decoding
+    worker processes never touch torch (whose thread pool does not survive a fork)."""
+    image_module = pillow()
+    with image_module.open(path) as opened:
+        image = opened.convert("RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+    image = image.resize(resized, image_module.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return b"".join(channel.tobytes() for channel in image.split())
