@@ -80,7 +80,10 @@ def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -
         trainer.load_state_dict(state)
     _keep_metrics_until(run_dir, trainer.epoch, path)
     if not quiet:
-        print(f"resuming {run_dir} after epoch {trainer.epoch}/{experiment.trainer.epochs}", flush=True)
+        epochs = experiment.trainer.epochs
+        where = (f"at step {trainer.step} (batch {trainer.position['batch']}/{trainer.steps_per_epoch} of epoch "
+                 f"{trainer.epoch + 1}/{epochs})" if trainer.position else f"after epoch {trainer.epoch}/{epochs}")
+        print(f"resuming {run_dir} {where}", flush=True)
     return trainer.fit()
 
 

@@ -106,6 +106,9 @@ class Trainer:
         self.epoch = 0
         self.best: dict[str, Any] = {"value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
+        # Where a mid-epoch checkpoint stood (batches done, the epoch's loss sums so far), until training reaches it.
+        self.position: dict[str, Any] | None = None
+        self._last_checkpoint = time.monotonic()
 
     # -- setup --------------------------------------------------------------------------------------------
 
@@ -138,6 +141,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, evaluating and checkpointing after each; returns the summary."""
         started = time.perf_counter()
+        self._last_checkpoint = time.monotonic()
         samples = 0
         for epoch in range(self.epoch, self.config.epochs):
             epoch_started = time.perf_counter()
@@ -185,16 +189,20 @@ class Trainer:
         self.strategy_modules.train()
         for strategy in self.strategies:
             strategy.on_epoch_start(epoch)
-        targets = self._target_stream(epoch) if self.needs_target else None
-        totals: dict[str, torch.Tensor] = {}
+        start, totals = 0, {}
+        if self.position is not None:  # resumed from a checkpoint written inside this epoch
+            start = self.position["batch"]
+            totals = {name: total.to(self.device) for name, total in self.position["totals"].items()}
+            self.position = None
+        targets = self._target_stream(epoch, start) if self.needs_target else None
         samples = 0
         bar = tqdm(
-            total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
+            total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
             disable=self.quiet or not sys.stderr.isatty(), leave=False, dynamic_ncols=True,
         )
         window_started, window_samples = time.perf_counter(), 0
         with bar:
-            for index, batch in enumerate(self.data.train.epoch(epoch)):
+            for index, batch in enumerate(self.data.train.epoch(epoch, start), start):
                 batch = move_batch(batch, self.device)
                 target = move_batch(next(targets), self.device) if targets is not None else None
                 terms = self.train_step(batch, target)
@@ -209,15 +217,35 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(totals['loss']) / (index + 1):.4f}",
                                     samples_s=f"{window_samples / (now - window_started):.0f}")
                     window_started, window_samples = now, 0
+                if self._step_checkpoint_due(index + 1):
+                    self._write_step_checkpoint(index + 1, totals)
         for strategy in self.strategies:
             strategy.on_epoch_end(epoch)
         steps = max(1, self.steps_per_epoch)
         return {name: float(total) / steps for name, total in totals.items()}, samples
 
-    def _target_stream(self, epoch: int) -> Iterator[Batch]:
-        # Training epoch e uses target batches e*steps_per_epoch onwards, so a resumed run draws the same ones.
+    def _target_stream(self, epoch: int, start: int) -> Iterator[Batch]:
+        # Step s of epoch e uses target batch e*steps_per_epoch + s, so a resumed run draws the same ones.
         assert self.data.unlabelled is not None
-        return self.data.unlabelled.stream(epoch * self.steps_per_epoch)
+        return self.data.unlabelled.stream(epoch * self.steps_per_epoch + start)
+
+    def _step_checkpoint_due(self, batches_done: int) -> bool:
+        """Whether to write last.pt after this step: never after an epoch's last (its own checkpoint follows the
+        evaluation); every ``checkpoint_every`` steps; after ``checkpoint_every_minutes``, looked at every
+        ``log_every`` steps (reading the clock is cheap, but the check stays off the per-step path)."""
+        if self.run_dir is None or batches_done == self.steps_per_epoch:
+            return False
+        every, minutes = self.config.checkpoint_every, self.config.checkpoint_every_minutes
+        if every is not None and self.step % every == 0:
+            return True
+        return (minutes is not None and batches_done % self.config.log_every == 0
+                and time.monotonic() - self._last_checkpoint >= minutes * 60)
+
+    def _write_step_checkpoint(self, batches_done: int, totals: dict[str, torch.Tensor]) -> None:
+        assert self.run_dir is not None
+        position = {"batch": batches_done, "totals": {name: total.detach().cpu() for name, total in totals.items()}}
+        save_checkpoint(self.state_dict(position), self.run_dir / "checkpoints" / "last.pt")
+        self._last_checkpoint = time.monotonic()
 
     def forward_pair(self, source: Batch, target: Batch | None) -> tuple[ModelOutput, ModelOutput | None]:
         """Source and target outputs of one step. per-domain BatchNorm: two passes, the target's with its own
@@ -369,6 +397,7 @@ class Trainer:
         if improved:
             save_checkpoint(self.weights_state(), checkpoints / "best.pt")
         save_checkpoint(self.state_dict(), checkpoints / "last.pt")
+        self._last_checkpoint = time.monotonic()
 
     def _print_epoch(self, record: dict[str, Any]) -> None:
         if self.quiet:
@@ -390,8 +419,9 @@ class Trainer:
             "selected_value": self.best["value"],
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue exactly."""
+    def state_dict(self, position: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly; ``position`` where it stands inside an epoch (a
+        step checkpoint), None at the end of one."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -408,6 +438,7 @@ class Trainer:
             "best": dict(self.best),
             "history": self.history,
             "rng": rng,
+            "position": position,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -433,6 +464,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = dict(state["best"])
         self.history = list(state["history"])
+        self.position = state.get("position")  # absent from checkpoints written before step checkpoints
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """The model's weights and, with per-domain BatchNorm, the target's statistics."""
