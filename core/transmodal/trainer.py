@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from transmodal.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch
+from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from transmodal.experiment import Assembled
@@ -56,8 +57,24 @@ def _check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("trainer.precision: this GPU does not support bf16; use fp16 or fp32")
 
 
+class _StepLosses(nn.Module):
+    """The model and the strategies' modules as one module whose forward gives a step's loss terms, so that one
+    DistributedDataParallel wrapper averages the gradients of both (a discriminator trains too)."""
+
+    def __init__(self, model: nn.Module, strategy_modules: nn.ModuleList,
+                 losses: Callable[[Batch, Batch | None], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]) -> None:
+        super().__init__()
+        self.model = model
+        self.strategy_modules = strategy_modules
+        self.losses = losses
+
+    def forward(self, source: Batch, target: Batch | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return self.losses(source, target)
+
+
 class Trainer:
-    def __init__(self, assembled: Assembled, run_dir: Path | None = None, quiet: bool = False) -> None:
+    def __init__(self, assembled: Assembled, run_dir: Path | None = None, quiet: bool = False,
+                 world: World = SINGLE) -> None:
         self.assembled = assembled
         self.experiment = assembled.experiment
         self.config = self.experiment.trainer
@@ -67,12 +84,16 @@ class Trainer:
         self.panel = build_panel(self.data) if self.config.score_validators else {}
         self.run_dir = run_dir
         self.quiet = quiet
-        self.device = resolve_device(self.config.device)
+        self.world = world
+        self.device = world.device(resolve_device(self.config.device))
         _check_precision(self.config.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(self.config.flush_denormal)
 
         self.model = assembled.model.to(self.device)
+        if world.distributed and self.config.sync_batchnorm:  # before anything keeps a reference to a layer
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self._shard_data()
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = self.steps_per_epoch * self.config.epochs
         self.needs_target = any(s.needs_unlabelled_target for s in self.strategies)
@@ -91,6 +112,9 @@ class Trainer:
         self.strategy_modules = nn.ModuleList(
             [strategy.modules() or nn.Identity() for strategy in self.strategies]
         ).to(self.device)
+        self._step_losses = _StepLosses(self.model, self.strategy_modules, self._loss_terms)
+        self._parallel: nn.Module | None = None  # _step_losses in DistributedDataParallel, built at the first step
+        self._parallel_trainable: tuple[bool, ...] = ()
 
         groups = self._param_groups()
         for strategy in self.strategies:
@@ -111,6 +135,21 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
 
     # -- setup --------------------------------------------------------------------------------------------
+
+    def _shard_data(self) -> None:
+        """Under torchrun, each rank serves its share of every batch (see distributed.py)."""
+        world = self.world
+        if not world.distributed:
+            return
+        for field, loader in (("batch_size", self.data.train), ("target_batch_size", self.data.unlabelled)):
+            if loader is not None and loader.batch_size % world.world_size:
+                raise ConfigError(
+                    f"trainer.{field}: {loader.batch_size} samples per step cannot be split evenly between "
+                    f"{world.world_size} processes; batch sizes are global under torchrun, so use a multiple of "
+                    f"{world.world_size}")
+        for loader in (self.data.train, self.data.unlabelled, *self.data.evaluation.values()):
+            if loader is not None:
+                loader.shard(world.rank, world.world_size)
 
     def _param_groups(self) -> list[ParamGroup]:
         """One group per model layer group (input to output), then one per strategy module."""
@@ -147,7 +186,8 @@ class Trainer:
             epoch_started = time.perf_counter()
             train_metrics, epoch_samples = self.train_epoch(epoch)
             self._check_finite(epoch, train_metrics["loss"])
-            samples += epoch_samples
+            self._average_batchnorm_statistics()
+            samples += epoch_samples * self.world.world_size
             context = self._validation_context()
             evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context))
             context.metrics = evaluation
@@ -168,7 +208,7 @@ class Trainer:
             self._print_epoch(record)
         elapsed = time.perf_counter() - started
         summary = self.summary(samples / elapsed if elapsed > 0 and samples else None)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.world.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -221,8 +261,8 @@ class Trainer:
                     self._write_step_checkpoint(index + 1, totals)
         for strategy in self.strategies:
             strategy.on_epoch_end(epoch)
-        steps = max(1, self.steps_per_epoch)
-        return {name: float(total) / steps for name, total in totals.items()}, samples
+        steps = max(1, self.steps_per_epoch) * self.world.world_size
+        return {name: float(self.world.sum_(total)) / steps for name, total in totals.items()}, samples
 
     def _target_stream(self, epoch: int, start: int) -> Iterator[Batch]:
         # Step s of epoch e uses target batch e*steps_per_epoch + s, so a resumed run draws the same ones.
@@ -238,14 +278,33 @@ class Trainer:
         every, minutes = self.config.checkpoint_every, self.config.checkpoint_every_minutes
         if every is not None and self.step % every == 0:
             return True
-        return (minutes is not None and batches_done % self.config.log_every == 0
-                and time.monotonic() - self._last_checkpoint >= minutes * 60)
+        if minutes is None or batches_done % self.config.log_every:
+            return False
+        return self.world.from_main(time.monotonic() - self._last_checkpoint >= minutes * 60)  # ranks agree
 
     def _write_step_checkpoint(self, batches_done: int, totals: dict[str, torch.Tensor]) -> None:
         assert self.run_dir is not None
-        position = {"batch": batches_done, "totals": {name: total.detach().cpu() for name, total in totals.items()}}
-        save_checkpoint(self.state_dict(position), self.run_dir / "checkpoints" / "last.pt")
+        self._average_batchnorm_statistics()
+        # The ranks' mean loss sums: each rank resumes from it, and the epoch's sum over ranks comes out the same.
+        shared = {name: self.world.sum_(total.detach().clone()) / self.world.world_size
+                  for name, total in totals.items()}
+        position = {"batch": batches_done, "totals": {name: total.cpu() for name, total in shared.items()}}
+        state = self.state_dict(position)
+        if self.world.is_main:
+            save_checkpoint(state, self.run_dir / "checkpoints" / "last.pt")
         self._last_checkpoint = time.monotonic()
+
+    def _average_batchnorm_statistics(self) -> None:
+        """Under torchrun: every rank's BatchNorm running statistics (and the target's) become their mean over the
+        ranks, before they are evaluated or saved (see distributed.py)."""
+        if not self.world.distributed:
+            return
+        layers = batchnorm_layers(self.model) + batchnorm_layers(self.strategy_modules)
+        statistics = [tensor for layer in layers for tensor in (layer.running_mean, layer.running_var)]
+        if self.target_statistics is not None:
+            statistics += [tensor for buffers in self.target_statistics.buffers
+                           for name, tensor in buffers.items() if name != "num_batches_tracked"]
+        self.world.average_(statistics)
 
     def forward_pair(self, source: Batch, target: Batch | None) -> tuple[ModelOutput, ModelOutput | None]:
         """Source and target outputs of one step. per-domain BatchNorm: two passes, the target's with its own
@@ -268,20 +327,39 @@ class Trainer:
             ModelOutput(output.logits[size:], output.features[size:]),
         )
 
+    def _loss_terms(self, source: Batch, target: Batch | None) -> tuple[dict[str, torch.Tensor],
+                                                                          dict[str, torch.Tensor]]:
+        """The step's named loss terms ("task" first) and the values strategies report about it."""
+        source_output, target_output = self.forward_pair(source, target)
+        task = nn.functional.cross_entropy(source_output.logits.float(), source["label"])
+        step = StepData(
+            model=self.model, source=source, source_output=source_output, step=self.step,
+            progress=self.step / max(1, self.total_steps), target=target, target_output=target_output,
+        )
+        terms = {"task": task}
+        for strategy in self.strategies:
+            for name, value in strategy.loss_terms(step).items():
+                terms[f"{strategy.name}.{name}"] = value.float()
+        return terms, step.metrics
+
+    def _step_module(self) -> nn.Module:
+        """What computes a step's losses: the plain module in one process; under torchrun, the module in
+        DistributedDataParallel, built again whenever a strategy has frozen or unfrozen parameters since (DDP
+        averages the gradients of the parameters that were trainable when it was built)."""
+        if not self.world.distributed:
+            return self._step_losses
+        trainable = tuple(p.requires_grad for p in self._step_losses.parameters())
+        if self._parallel is None or trainable != self._parallel_trainable:
+            self._average_batchnorm_statistics()  # DDP starts by copying rank 0's buffers to every rank
+            self._parallel = data_parallel(self._step_losses, self.device)
+            self._parallel_trainable = trainable
+        return self._parallel
+
     def train_step(self, source: Batch, target: Batch | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step; returns the detached loss terms (on the device)."""
         with self.autocast():
-            source_output, target_output = self.forward_pair(source, target)
-            task = nn.functional.cross_entropy(source_output.logits.float(), source["label"])
-            step = StepData(
-                model=self.model, source=source, source_output=source_output, step=self.step,
-                progress=self.step / max(1, self.total_steps), target=target, target_output=target_output,
-            )
-            terms = {"task": task}
-            for strategy in self.strategies:
-                for name, value in strategy.loss_terms(step).items():
-                    terms[f"{strategy.name}.{name}"] = value.float()
-            loss = sum(list(terms.values())[1:], task)
+            terms, metrics = self._step_module()(source, target)
+            loss = sum(list(terms.values())[1:], terms["task"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.experiment.optimizer.grad_clip is not None:
@@ -297,7 +375,7 @@ class Trainer:
         for strategy in self.strategies:
             strategy.on_step_end(self.step)
         return {"loss": loss.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()},
-                **{f"metric/{k}": v.detach() for k, v in step.metrics.items()}}
+                **{f"metric/{k}": v.detach() for k, v in metrics.items()}}
 
     # -- evaluation ---------------------------------------------------------------------------------------
 
@@ -327,6 +405,8 @@ class Trainer:
                 with self.autocast():
                     logits = self.model(batch).logits
                 meter.update(logits, batch["label"])
+            for total in (meter.confusion, meter.loss_sum):  # each rank saw its share of the split
+                self.world.sum_(total)
             results[name] = meter.compute()
         if not prepared:
             self._prepare_for_target(before_target)
@@ -372,6 +452,8 @@ class Trainer:
         with torch.inference_mode():
             value = float(self.validator.score(context))
             scores = score_panel(self.panel, context)
+        # Every rank scored the same samples with the same weights; rank 0's scores decide for all of them.
+        value, scores = self.world.from_main((value, scores))
         if self.best["value"] is None or value > self.best["value"]:
             self.best = {"value": value, "epoch": self.epoch}
             return True, scores
@@ -381,23 +463,26 @@ class Trainer:
         return self._batches(self.data.unlabelled)
 
     def _batches(self, loader: BatchLoader | None) -> Iterator[Batch]:
-        """The loader's batches in its epoch-0 order, on the device; none without a loader."""
+        """The loader's whole batches (on every rank) in its epoch-0 order, on the device; none without a loader."""
         if loader is None:
             return iter(())
-        return (move_batch(batch, self.device) for batch in loader.epoch(0))
+        return (move_batch(batch, self.device) for batch in loader.epoch(0, whole=True))
 
     # -- run directory and checkpoints ------------------------------------------------------------------
 
     def _write_epoch(self, record: dict[str, Any], improved: bool) -> None:
         if self.run_dir is None:
             return
+        state = self.state_dict()  # on every rank: it gathers their random states
+        self._last_checkpoint = time.monotonic()
+        if not self.world.is_main:
+            return
         with (self.run_dir / "metrics.jsonl").open("a") as file:
             file.write(json.dumps(record) + "\n")
         checkpoints = self.run_dir / "checkpoints"
         if improved:
             save_checkpoint(self.weights_state(), checkpoints / "best.pt")
-        save_checkpoint(self.state_dict(), checkpoints / "last.pt")
-        self._last_checkpoint = time.monotonic()
+        save_checkpoint(state, checkpoints / "last.pt")
 
     def _print_epoch(self, record: dict[str, Any]) -> None:
         if self.quiet:
@@ -422,9 +507,11 @@ class Trainer:
     def state_dict(self, position: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly; ``position`` where it stands inside an epoch (a
         step checkpoint), None at the end of one."""
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.world.distributed:  # a collective: every rank calls state_dict at the same step
+            rng["ranks"] = self.world.gather(rng)
         return {
             **self.weights_state(),
             "step": self.step,
@@ -439,6 +526,7 @@ class Trainer:
             "history": self.history,
             "rng": rng,
             "position": position,
+            "world_size": self.world.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -454,9 +542,10 @@ class Trainer:
             for strategy, module, entry in zip(self.strategies, self.strategy_modules, state["strategies"]):
                 module.load_state_dict(entry["module"])
                 strategy.load_state_dict(entry["state"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if "cuda" in state["rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            rng = state["rng"]["ranks"][self.world.rank] if self.world.distributed else state["rng"]
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(
                 f"its training state does not fit this run ({type(error).__name__}: {error})"
