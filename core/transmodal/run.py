@@ -87,11 +87,18 @@ def _shared_run_dir(experiment: Experiment, world: World, run_dir: Path | None) 
     return claimed
 
 
+# What a collective raises when a peer is gone: gloo raises a plain RuntimeError from inside backward.
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "gloo", "NCCL", "timed out", "Timed out")
+
+
 def _fit(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
     try:
         return trainer.fit()
-    except torch.distributed.DistError as error:
+    except RuntimeError as error:
         world = trainer.world
+        if not world.distributed or not (isinstance(error, torch.distributed.DistError)
+                                         or any(marker in str(error) for marker in _LOST_PEER)):
+            raise
         raise DistributedError(
             f"rank {world.rank} of {world.world_size}: another process of this run stopped or did not answer within "
             f"trainer.distributed_timeout ({trainer.config.distributed_timeout:g} s), so this one stops too "
