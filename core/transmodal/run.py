@@ -57,7 +57,8 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
     quiet = quiet or not world.is_main
     seed_everything(experiment.trainer.seed)
     assembled = assemble(experiment, plugins)
-    trainer = Trainer(assembled, quiet=quiet, world=world)  # built before the run directory: config errors leave nothing
+    # Built before the run directory: config errors leave nothing.
+    trainer = Trainer(assembled, quiet=quiet, world=world)
     _seed_rank(experiment, world)
     run_dir = _shared_run_dir(experiment, world, run_dir)
     trainer.run_dir = run_dir

@@ -57,18 +57,21 @@ def _check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("trainer.precision: this GPU does not support bf16; use fp16 or fp32")
 
 
+StepLosses = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]  # loss terms, reported values
+
+
 class _StepLosses(nn.Module):
     """The model and the strategies' modules as one module whose forward gives a step's loss terms, so that one
     DistributedDataParallel wrapper averages the gradients of both (a discriminator trains too)."""
 
     def __init__(self, model: nn.Module, strategy_modules: nn.ModuleList,
-                 losses: Callable[[Batch, Batch | None], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]) -> None:
+                 losses: Callable[[Batch, Batch | None], StepLosses]) -> None:
         super().__init__()
         self.model = model
         self.strategy_modules = strategy_modules
         self.losses = losses
 
-    def forward(self, source: Batch, target: Batch | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def forward(self, source: Batch, target: Batch | None) -> StepLosses:
         return self.losses(source, target)
 
 
@@ -327,8 +330,7 @@ class Trainer:
             ModelOutput(output.logits[size:], output.features[size:]),
         )
 
-    def _loss_terms(self, source: Batch, target: Batch | None) -> tuple[dict[str, torch.Tensor],
-                                                                          dict[str, torch.Tensor]]:
+    def _loss_terms(self, source: Batch, target: Batch | None) -> StepLosses:
         """The step's named loss terms ("task" first) and the values strategies report about it."""
         source_output, target_output = self.forward_pair(source, target)
         task = nn.functional.cross_entropy(source_output.logits.float(), source["label"])
