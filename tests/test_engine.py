@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 import transmodal
+from conftest import interrupt_training_at
 from transmodal.checkpoint import load_checkpoint, save_checkpoint
 from transmodal.config import parse_experiment
 from transmodal.data import DatasetBundle, Split
@@ -200,3 +201,35 @@ def test_tokenizer_learns_target_words_only_when_asked(tmp_path: Path, fit_on: s
     assert {"food", "foot"} <= set(vocabulary)
     target_words = {"devoured", "strolled"} & set(vocabulary)
     assert target_words == ({"devoured", "strolled"} if target_words_known else set())
+
+
+@pytest.mark.parametrize("stop_at_step", [3, 8 + 5])  # inside the first epoch; inside the second, after its end
+def test_run_resumed_from_a_step_checkpoint_ends_bit_identical(tiny, monkeypatch: pytest.MonkeyPatch,
+                                                               stop_at_step: int):
+    _, full_dir = transmodal.train(tiny("output.name=full"), quiet=True)
+    original_step = interrupt_training_at(monkeypatch, stop_at_step)
+    with pytest.raises(KeyboardInterrupt):
+        transmodal.train(tiny("output.name=stopped", "trainer.checkpoint_every=2"), quiet=True)
+    monkeypatch.setattr(transmodal.Trainer, "train_step", original_step)
+    stopped_dir = full_dir.parent / "stopped"
+    saved = load_checkpoint(stopped_dir / "checkpoints" / "last.pt")
+    assert saved["step"] == stop_at_step - 1 and saved["position"]["batch"] == (stop_at_step - 1) % 8
+
+    resume(stopped_dir, quiet=True)
+    # The epoch records (train losses summed across the stop included) come out once each and exactly equal.
+    assert without_timing(read_metrics(stopped_dir)) == without_timing(read_metrics(full_dir))
+    resumed = load_checkpoint(stopped_dir / "checkpoints" / "last.pt")
+    uninterrupted = load_checkpoint(full_dir / "checkpoints" / "last.pt")
+    assert resumed["position"] is None and resumed["step"] == uninterrupted["step"] == 16
+    assert all(torch.equal(resumed["model"][k], uninterrupted["model"][k]) for k in uninterrupted["model"])
+    assert torch.equal(resumed["rng"]["torch"], uninterrupted["rng"]["torch"])
+
+
+def test_step_checkpoints_by_the_clock(tiny, monkeypatch: pytest.MonkeyPatch):
+    """checkpoint_every_minutes: looked at every log_every steps (a moment is always long enough here)."""
+    original_step = interrupt_training_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        transmodal.train(tiny("output.name=clock", "trainer.checkpoint_every_minutes=1e-9", "trainer.log_every=3"),
+                         quiet=True)
+    monkeypatch.setattr(transmodal.Trainer, "train_step", original_step)
+    assert load_checkpoint(tiny().output.dir / "clock" / "checkpoints" / "last.pt")["step"] == 6

@@ -130,6 +130,11 @@ def _training_problems(state: dict[str, Any]) -> list[str]:
         problems.append("each entry of 'strategies' should hold a strategy's name, state and module")
     if not {"value", "epoch"} <= set(state["best"]):
         problems.append("'best' should hold the best epoch and its value")
+    position = state.get("position")  # None (or absent) at an epoch's end; a step checkpoint says where it stood
+    if position is not None and not (
+            isinstance(position, dict) and _is(position.get("batch"), int) and isinstance(position.get("totals"), dict)
+            and all(isinstance(total, torch.Tensor) for total in position["totals"].values())):
+        problems.append("'position' should hold the batches done in its epoch and the epoch's loss sums")
     return problems
 
 

@@ -123,6 +123,9 @@ def _train(args: argparse.Namespace) -> int:
     from transmodal import run
     from transmodal.config import load_experiment
 
+    from transmodal.distributed import launched_world
+
+    main_process = launched_world().is_main  # under torchrun, rank 0 alone makes the run directory and reports
     if args.resume is not None:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
@@ -131,6 +134,8 @@ def _train(args: argparse.Namespace) -> int:
             summary = run.resume(run_dir, quiet=args.quiet)
         except KeyboardInterrupt:
             return _interrupted(run_dir)
+    elif not main_process:
+        summary, run_dir = run.train(load_experiment(args.config, args.overrides), quiet=True)
     else:
         from transmodal.run_dir import create_run_dir
 
@@ -144,6 +149,8 @@ def _train(args: argparse.Namespace) -> int:
             if isinstance(error, KeyboardInterrupt):
                 return _interrupted(run_dir)
             raise
+    if not main_process:
+        return EXIT_OK
     print(_summary_table(summary))
     print(f"run directory: {run_dir}")
     return EXIT_OK

@@ -141,10 +141,11 @@ class ScheduleConfig(_Strict):
 
 class TrainerConfig(_Strict):
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="Labelled source samples per optimizer step: "
+                            "global, divided between the processes under torchrun.")
     target_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="Unlabelled target batch; default "
-                                                                                "batch_size.")
-    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
+                                          "batch_size. Global, like batch_size.")
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH, description="Global, like batch_size.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs CUDA.")
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -157,6 +158,16 @@ class TrainerConfig(_Strict):
         "per-domain", description="How target batches meet BatchNorm in training. per-domain: each domain is "
                                   "normalised by its own statistics, in training and in evaluation (Chang et al., "
                                   "2019); joint: one pass over both domains, normalised by their mixture.")
+    sync_batchnorm: bool = Field(False, description="Under torchrun (CUDA only): BatchNorm normalises by the "
+                                 "statistics of the whole global batch instead of each process's share.")
+    distributed_timeout: float = Field(600, ge=1, le=86_400, description="Under torchrun: seconds a process waits "
+                                       "for the others before the run stops with an error (a rank died or hangs).")
+    checkpoint_every: int | None = Field(
+        None, ge=1, le=10**9, description="Also write checkpoints/last.pt every this many optimizer steps inside an "
+                                          "epoch, so that --resume repeats at most that many steps.")
+    checkpoint_every_minutes: float | None = Field(
+        None, gt=0, le=10**6, description="Also write checkpoints/last.pt inside an epoch once this many minutes "
+                                          "have passed since the last one (looked at every log_every steps).")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
 

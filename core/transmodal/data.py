@@ -152,8 +152,8 @@ def split_columns(split: Split, keys: list[str]) -> dict[str, Column]:
 class BatchLoader:
     """Serves batches from tensors (or memory-mapped columns) by index: no per-sample Python, no worker processes.
 
-    The order of an epoch depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same
-    batches as one that never stopped. Text columns are trimmed to the longest sample of each batch; with
+    The order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches as one that
+    never stopped. Text columns are trimmed to the longest sample of each batch; with
     ``bucket`` the samples of a window of batches are grouped by length so that little padding remains.
     """
 
@@ -182,6 +182,13 @@ class BatchLoader:
         self._lengths = (
             {key: (self.columns[key] != PAD_ID).sum(dim=1) for key in text_keys} if text_keys else {}
         )
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Serve rank ``rank``'s share of each batch: every ``world_size``-th sample of it from the ``rank``-th.
+        The batches themselves (``batch_size`` is global) and their order stay those of one process, so the ranks
+        together train on exactly the batches one process would."""
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -209,10 +216,16 @@ class BatchLoader:
         permutation = torch.randperm(len(batches), generator=generator).tolist()
         return torch.cat([batches[i] for i in permutation])
 
-    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int = 0, start: int = 0, whole: bool = False) -> Iterator[Batch]:
+        """This rank's share of the batches of ``epoch`` from the ``start``-th on (a run resumed mid-epoch skips
+        those it trained on); with ``whole``, the whole batches. A share left empty (a short last batch) is skipped."""
         order = self.order(epoch)
-        for index in range(len(self)):
-            yield self.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+        for index in range(start, len(self)):
+            indices = order[index * self.batch_size : (index + 1) * self.batch_size]
+            if not whole:
+                indices = indices[self.rank :: self.world_size]
+            if len(indices):
+                yield self.batch(indices)
 
     def batch(self, indices: torch.Tensor) -> Batch:
         batch = {key: column[indices] for key, column in self.columns.items()}
@@ -228,7 +241,8 @@ class BatchLoader:
         while True:
             order = self.order(epoch)
             for index in range(skip, len(self)):
-                yield self.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+                indices = order[index * self.batch_size : (index + 1) * self.batch_size]
+                yield self.batch(indices[self.rank :: self.world_size])
             epoch, skip = epoch + 1, 0
 
 

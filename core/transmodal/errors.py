@@ -43,3 +43,7 @@ class CheckpointError(TransmodalError):
 
 class TrainingDiverged(TransmodalError):
     """The training loss became NaN or infinite (CLI exit status 1); the epoch's checkpoint is not written."""
+
+
+class DistributedError(TransmodalError):
+    """A process of a run under torchrun stopped or stopped answering, so the others stop too (CLI exit status 1)."""

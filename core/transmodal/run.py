@@ -15,14 +15,15 @@ import torch
 import yaml
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
-from transmodal.config import Experiment, load_experiment
-from transmodal.errors import CheckpointError
+from transmodal.config import MAX_SEED, Experiment, load_experiment
+from transmodal.distributed import World, process_group
+from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
 from transmodal.experiment import assemble
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
     CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints,
 )
-from transmodal.trainer import Metrics, Trainer
+from transmodal.trainer import Metrics, Trainer, resolve_device
 
 
 def seed_everything(seed: int) -> None:
@@ -34,24 +35,77 @@ def _configure_threads(experiment: Experiment) -> None:
         torch.set_num_threads(experiment.trainer.num_threads)
 
 
+def _seed_rank(experiment: Experiment, world: World) -> None:
+    """Under torchrun, after the model is built alike on every rank: each rank draws its own augmentations and
+    dropout masks (rank 0 keeps the seed's stream)."""
+    if world.rank > 0:
+        seed_everything(experiment.trainer.seed + world.rank * (MAX_SEED + 1))
+
+
 def train(
     experiment: Experiment, quiet: bool = False, plugins: Plugins | None = None, run_dir: Path | None = None
 ) -> tuple[dict[str, Any], Path]:
-    """Train a new run; returns its summary and run directory."""
+    """Train a new run; returns its summary and run directory. Under torchrun every process calls this, and rank 0
+    alone writes the run directory."""
     _configure_threads(experiment)
+    with process_group(experiment.trainer, resolve_device(experiment.trainer.device)) as world:
+        return _train(experiment, world, quiet, plugins, run_dir)
+
+
+def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins | None,
+           run_dir: Path | None) -> tuple[dict[str, Any], Path]:
+    quiet = quiet or not world.is_main
     seed_everything(experiment.trainer.seed)
     assembled = assemble(experiment, plugins)
-    trainer = Trainer(assembled, quiet=quiet)  # built before the run directory: config errors leave nothing
-    run_dir = run_dir or create_run_dir(experiment)
+    # Built before the run directory: config errors leave nothing.
+    trainer = Trainer(assembled, quiet=quiet, world=world)
+    _seed_rank(experiment, world)
+    run_dir = _shared_run_dir(experiment, world, run_dir)
     trainer.run_dir = run_dir
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
-    tokenizer_dir = run_dir / "tokenizers"
-    for modality, tokenizer in assembled.data.tokenizers.items():
-        tokenizer_dir.mkdir(exist_ok=True)
-        (tokenizer_dir / f"{modality}.json").write_text(tokenizer.state())
+    if world.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
+        tokenizer_dir = run_dir / "tokenizers"
+        for modality, tokenizer in assembled.data.tokenizers.items():
+            tokenizer_dir.mkdir(exist_ok=True)
+            (tokenizer_dir / f"{modality}.json").write_text(tokenizer.state())
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
-    return trainer.fit(), run_dir
+    return _fit(trainer, run_dir), run_dir
+
+
+def _shared_run_dir(experiment: Experiment, world: World, run_dir: Path | None) -> Path:
+    """Rank 0 claims the run directory (``run_dir``, or a new one); every rank gets its path, or rank 0's error."""
+    claimed: Path | RunDirectoryError | None = None
+    if world.is_main:
+        try:
+            claimed = run_dir or create_run_dir(experiment)
+        except RunDirectoryError as error:
+            claimed = error
+    claimed = world.from_main(claimed)
+    if isinstance(claimed, RunDirectoryError):
+        raise claimed
+    assert claimed is not None
+    return claimed
+
+
+# What a collective raises when a peer is gone: gloo raises a plain RuntimeError from inside backward.
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "gloo", "NCCL", "timed out", "Timed out")
+
+
+def _fit(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
+    try:
+        return trainer.fit()
+    except RuntimeError as error:
+        world = trainer.world
+        if not world.distributed or not (isinstance(error, torch.distributed.DistError)
+                                         or any(marker in str(error) for marker in _LOST_PEER)):
+            raise
+        raise DistributedError(
+            f"rank {world.rank} of {world.world_size}: another process of this run stopped or did not answer within "
+            f"trainer.distributed_timeout ({trainer.config.distributed_timeout:g} s), so this one stops too "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Continue from the last checkpoint with "
+            f"the same number of processes: torchrun --nproc_per_node ... -m transmodal train --resume {run_dir}"
+        ) from None
 
 
 def load_run_experiment(run_dir: Path) -> Experiment:
@@ -62,26 +116,53 @@ def load_run_experiment(run_dir: Path) -> Experiment:
 
 def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -> dict[str, Any]:
     """Continue a stopped run from its last checkpoint; ends as the uninterrupted run would have. A run stopped
-    before its first checkpoint starts again from the beginning, in the same directory, with its saved config."""
+    before its first checkpoint starts again from the beginning, in the same directory, with its saved config.
+    Under torchrun it needs as many processes as the run had (every rank reads the checkpoint: across nodes, the
+    run directory must be on a shared file system)."""
     experiment = load_run_experiment(run_dir)
-    remove_temporary_checkpoints(run_dir)
-    path = run_dir / CHECKPOINTS / "last.pt"
-    if not path.exists():
-        _keep_metrics_until(run_dir, 0, path)
-        _notice(f"{run_dir} stopped before its first checkpoint; training it from the beginning with its saved config")
-        summary, _ = train(experiment, quiet=quiet, plugins=plugins, run_dir=run_dir)
-        return summary
     _configure_threads(experiment)
+    with process_group(experiment.trainer, resolve_device(experiment.trainer.device)) as world:
+        return _resume(run_dir, experiment, world, quiet, plugins)
+
+
+def _resume(run_dir: Path, experiment: Experiment, world: World, quiet: bool,
+            plugins: Plugins | None) -> dict[str, Any]:
+    quiet = quiet or not world.is_main
+    path = run_dir / CHECKPOINTS / "last.pt"
+    if world.is_main:
+        remove_temporary_checkpoints(run_dir)
+    if not path.exists():
+        if world.is_main:
+            _keep_metrics_until(run_dir, 0, path)
+            _notice(f"{run_dir} stopped before its first checkpoint; training it from the beginning with its "
+                    f"saved config")
+        summary, _ = _train(experiment, world, quiet, plugins, run_dir)
+        return summary
     state = read_checkpoint(path, resumable=True)
+    processes = state.get("world_size", 1)  # absent from checkpoints of runs before torchrun support: one process
+    if processes != world.world_size:
+        raise ConfigError(
+            f"{run_dir} was trained by {_processes(processes)} and can only be resumed by as many (each rank's data "
+            f"shard and random state are in its checkpoint), not {world.world_size}: "
+            + ("transmodal train --resume" if processes == 1 else f"torchrun --nproc_per_node {processes} -m "
+               f"transmodal train --resume (or the same total over several nodes)") + f" {run_dir}")
     seed_everything(experiment.trainer.seed)
     with restoring_from(path):
         assembled = assemble(experiment, plugins, tokenizer_states=state["tokenizers"])
-        trainer = Trainer(assembled, run_dir=run_dir, quiet=quiet)
+        trainer = Trainer(assembled, run_dir=run_dir, quiet=quiet, world=world)
         trainer.load_state_dict(state)
-    _keep_metrics_until(run_dir, trainer.epoch, path)
+    if world.is_main:
+        _keep_metrics_until(run_dir, trainer.epoch, path)
     if not quiet:
-        print(f"resuming {run_dir} after epoch {trainer.epoch}/{experiment.trainer.epochs}", flush=True)
-    return trainer.fit()
+        epochs = experiment.trainer.epochs
+        where = (f"at step {trainer.step} (batch {trainer.position['batch']}/{trainer.steps_per_epoch} of epoch "
+                 f"{trainer.epoch + 1}/{epochs})" if trainer.position else f"after epoch {trainer.epoch}/{epochs}")
+        print(f"resuming {run_dir} {where}", flush=True)
+    return _fit(trainer, run_dir)
+
+
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"
 
 
 def _keep_metrics_until(run_dir: Path, epochs_done: int, checkpoint: Path) -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from transmodal.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch, presence_key
+from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from transmodal.experiment import Assembled
@@ -56,8 +57,27 @@ def _check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("trainer.precision: this GPU does not support bf16; use fp16 or fp32")
 
 
+StepLosses = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]  # loss terms, reported values
+
+
+class _StepLosses(nn.Module):
+    """The model and the strategies' modules as one module whose forward gives a step's loss terms, so that one
+    DistributedDataParallel wrapper averages the gradients of both (a discriminator trains too)."""
+
+    def __init__(self, model: nn.Module, strategy_modules: nn.ModuleList,
+                 losses: Callable[[Batch, Batch | None], StepLosses]) -> None:
+        super().__init__()
+        self.model = model
+        self.strategy_modules = strategy_modules
+        self.losses = losses
+
+    def forward(self, source: Batch, target: Batch | None) -> StepLosses:
+        return self.losses(source, target)
+
+
 class Trainer:
-    def __init__(self, assembled: Assembled, run_dir: Path | None = None, quiet: bool = False) -> None:
+    def __init__(self, assembled: Assembled, run_dir: Path | None = None, quiet: bool = False,
+                 world: World = SINGLE) -> None:
         self.assembled = assembled
         self.experiment = assembled.experiment
         self.config = self.experiment.trainer
@@ -67,12 +87,16 @@ class Trainer:
         self.panel = build_panel(self.data) if self.config.score_validators else {}
         self.run_dir = run_dir
         self.quiet = quiet
-        self.device = resolve_device(self.config.device)
+        self.world = world
+        self.device = world.device(resolve_device(self.config.device))
         _check_precision(self.config.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(self.config.flush_denormal)
 
         self.model = assembled.model.to(self.device)
+        if world.distributed and self.config.sync_batchnorm:  # before anything keeps a reference to a layer
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self._shard_data()
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = self.steps_per_epoch * self.config.epochs
         self.needs_target = any(s.needs_unlabelled_target for s in self.strategies)
@@ -91,6 +115,9 @@ class Trainer:
         self.strategy_modules = nn.ModuleList(
             [strategy.modules() or nn.Identity() for strategy in self.strategies]
         ).to(self.device)
+        self._step_losses = _StepLosses(self.model, self.strategy_modules, self._loss_terms)
+        self._parallel: nn.Module | None = None  # _step_losses in DistributedDataParallel, built at the first step
+        self._parallel_trainable: tuple[bool, ...] = ()
 
         groups = self._param_groups()
         for strategy in self.strategies:
@@ -106,8 +133,26 @@ class Trainer:
         self.epoch = 0
         self.best: dict[str, Any] = {"value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
+        # Where a mid-epoch checkpoint stood (batches done, the epoch's loss sums so far), until training reaches it.
+        self.position: dict[str, Any] | None = None
+        self._last_checkpoint = time.monotonic()
 
     # -- setup --------------------------------------------------------------------------------------------
+
+    def _shard_data(self) -> None:
+        """Under torchrun, each rank serves its share of every batch (see distributed.py)."""
+        world = self.world
+        if not world.distributed:
+            return
+        for field, loader in (("batch_size", self.data.train), ("target_batch_size", self.data.unlabelled)):
+            if loader is not None and loader.batch_size % world.world_size:
+                raise ConfigError(
+                    f"trainer.{field}: {loader.batch_size} samples per step cannot be split evenly between "
+                    f"{world.world_size} processes; batch sizes are global under torchrun, so use a multiple of "
+                    f"{world.world_size}")
+        for loader in (self.data.train, self.data.unlabelled, *self.data.evaluation.values()):
+            if loader is not None:
+                loader.shard(world.rank, world.world_size)
 
     def _param_groups(self) -> list[ParamGroup]:
         """One group per model layer group (input to output), then one per strategy module."""
@@ -138,12 +183,14 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, evaluating and checkpointing after each; returns the summary."""
         started = time.perf_counter()
+        self._last_checkpoint = time.monotonic()
         samples = 0
         for epoch in range(self.epoch, self.config.epochs):
             epoch_started = time.perf_counter()
             train_metrics, epoch_samples = self.train_epoch(epoch)
             self._check_finite(epoch, train_metrics["loss"])
-            samples += epoch_samples
+            self._average_batchnorm_statistics()
+            samples += epoch_samples * self.world.world_size
             context = self._validation_context()
             evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context))
             context.metrics = evaluation
@@ -164,7 +211,7 @@ class Trainer:
             self._print_epoch(record)
         elapsed = time.perf_counter() - started
         summary = self.summary(samples / elapsed if elapsed > 0 and samples else None)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.world.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -185,16 +232,20 @@ class Trainer:
         self.strategy_modules.train()
         for strategy in self.strategies:
             strategy.on_epoch_start(epoch)
-        targets = self._target_stream(epoch) if self.needs_target else None
-        totals: dict[str, torch.Tensor] = {}
+        start, totals = 0, {}
+        if self.position is not None:  # resumed from a checkpoint written inside this epoch
+            start = self.position["batch"]
+            totals = {name: total.to(self.device) for name, total in self.position["totals"].items()}
+            self.position = None
+        targets = self._target_stream(epoch, start) if self.needs_target else None
         samples = 0
         bar = tqdm(
-            total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
+            total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
             disable=self.quiet or not sys.stderr.isatty(), leave=False, dynamic_ncols=True,
         )
         window_started, window_samples = time.perf_counter(), 0
         with bar:
-            for index, batch in enumerate(self.data.train.epoch(epoch)):
+            for index, batch in enumerate(self.data.train.epoch(epoch, start), start):
                 batch = move_batch(batch, self.device)
                 target = move_batch(next(targets), self.device) if targets is not None else None
                 terms = self.train_step(batch, target)
@@ -209,15 +260,54 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(totals['loss']) / (index + 1):.4f}",
                                     samples_s=f"{window_samples / (now - window_started):.0f}")
                     window_started, window_samples = now, 0
+                if self._step_checkpoint_due(index + 1):
+                    self._write_step_checkpoint(index + 1, totals)
         for strategy in self.strategies:
             strategy.on_epoch_end(epoch)
-        steps = max(1, self.steps_per_epoch)
-        return {name: float(total) / steps for name, total in totals.items()}, samples
+        steps = max(1, self.steps_per_epoch) * self.world.world_size
+        return {name: float(self.world.sum_(total)) / steps for name, total in totals.items()}, samples
 
-    def _target_stream(self, epoch: int) -> Iterator[Batch]:
-        # Training epoch e uses target batches e*steps_per_epoch onwards, so a resumed run draws the same ones.
+    def _target_stream(self, epoch: int, start: int) -> Iterator[Batch]:
+        # Step s of epoch e uses target batch e*steps_per_epoch + s, so a resumed run draws the same ones.
         assert self.data.unlabelled is not None
-        return self.data.unlabelled.stream(epoch * self.steps_per_epoch)
+        return self.data.unlabelled.stream(epoch * self.steps_per_epoch + start)
+
+    def _step_checkpoint_due(self, batches_done: int) -> bool:
+        """Whether to write last.pt after this step: never after an epoch's last (its own checkpoint follows the
+        evaluation); every ``checkpoint_every`` steps; after ``checkpoint_every_minutes``, looked at every
+        ``log_every`` steps (reading the clock is cheap, but the check stays off the per-step path)."""
+        if self.run_dir is None or batches_done == self.steps_per_epoch:
+            return False
+        every, minutes = self.config.checkpoint_every, self.config.checkpoint_every_minutes
+        if every is not None and self.step % every == 0:
+            return True
+        if minutes is None or batches_done % self.config.log_every:
+            return False
+        return self.world.from_main(time.monotonic() - self._last_checkpoint >= minutes * 60)  # ranks agree
+
+    def _write_step_checkpoint(self, batches_done: int, totals: dict[str, torch.Tensor]) -> None:
+        assert self.run_dir is not None
+        self._average_batchnorm_statistics()
+        # The ranks' mean loss sums: each rank resumes from it, and the epoch's sum over ranks comes out the same.
+        shared = {name: self.world.sum_(total.detach().clone()) / self.world.world_size
+                  for name, total in totals.items()}
+        position = {"batch": batches_done, "totals": {name: total.cpu() for name, total in shared.items()}}
+        state = self.state_dict(position)
+        if self.world.is_main:
+            save_checkpoint(state, self.run_dir / "checkpoints" / "last.pt")
+        self._last_checkpoint = time.monotonic()
+
+    def _average_batchnorm_statistics(self) -> None:
+        """Under torchrun: every rank's BatchNorm running statistics (and the target's) become their mean over the
+        ranks, before they are evaluated or saved (see distributed.py)."""
+        if not self.world.distributed:
+            return
+        layers = batchnorm_layers(self.model) + batchnorm_layers(self.strategy_modules)
+        statistics = [tensor for layer in layers for tensor in (layer.running_mean, layer.running_var)]
+        if self.target_statistics is not None:
+            statistics += [tensor for buffers in self.target_statistics.buffers
+                           for name, tensor in buffers.items() if name != "num_batches_tracked"]
+        self.world.average_(statistics)
 
     def forward_pair(self, source: Batch, target: Batch | None) -> tuple[ModelOutput, ModelOutput | None]:
         """Source and target outputs of one step. per-domain BatchNorm: two passes, the target's with its own
@@ -243,20 +333,38 @@ class Trainer:
             ModelOutput(output.logits[size:], output.features[size:]),
         )
 
+    def _loss_terms(self, source: Batch, target: Batch | None) -> StepLosses:
+        """The step's named loss terms ("task" first) and the values strategies report about it."""
+        source_output, target_output = self.forward_pair(source, target)
+        task = nn.functional.cross_entropy(source_output.logits.float(), source["label"])
+        step = StepData(
+            model=self.model, source=source, source_output=source_output, step=self.step,
+            progress=self.step / max(1, self.total_steps), target=target, target_output=target_output,
+        )
+        terms = {"task": task}
+        for strategy in self.strategies:
+            for name, value in strategy.loss_terms(step).items():
+                terms[f"{strategy.name}.{name}"] = value.float()
+        return terms, step.metrics
+
+    def _step_module(self) -> nn.Module:
+        """What computes a step's losses: the plain module in one process; under torchrun, the module in
+        DistributedDataParallel, built again whenever a strategy has frozen or unfrozen parameters since (DDP
+        averages the gradients of the parameters that were trainable when it was built)."""
+        if not self.world.distributed:
+            return self._step_losses
+        trainable = tuple(p.requires_grad for p in self._step_losses.parameters())
+        if self._parallel is None or trainable != self._parallel_trainable:
+            self._average_batchnorm_statistics()  # DDP starts by copying rank 0's buffers to every rank
+            self._parallel = data_parallel(self._step_losses, self.device)
+            self._parallel_trainable = trainable
+        return self._parallel
+
     def train_step(self, source: Batch, target: Batch | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step; returns the detached loss terms (on the device)."""
         with self.autocast():
-            source_output, target_output = self.forward_pair(source, target)
-            task = nn.functional.cross_entropy(source_output.logits.float(), source["label"])
-            step = StepData(
-                model=self.model, source=source, source_output=source_output, step=self.step,
-                progress=self.step / max(1, self.total_steps), target=target, target_output=target_output,
-            )
-            terms = {"task": task}
-            for strategy in self.strategies:
-                for name, value in strategy.loss_terms(step).items():
-                    terms[f"{strategy.name}.{name}"] = value.float()
-            loss = sum(list(terms.values())[1:], task)
+            terms, metrics = self._step_module()(source, target)
+            loss = sum(list(terms.values())[1:], terms["task"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.experiment.optimizer.grad_clip is not None:
@@ -272,7 +380,7 @@ class Trainer:
         for strategy in self.strategies:
             strategy.on_step_end(self.step)
         return {"loss": loss.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()},
-                **{f"metric/{k}": v.detach() for k, v in step.metrics.items()}}
+                **{f"metric/{k}": v.detach() for k, v in metrics.items()}}
 
     # -- evaluation ---------------------------------------------------------------------------------------
 
@@ -302,6 +410,8 @@ class Trainer:
                 with self.autocast():
                     logits = self.model(batch).logits
                 meter.update(logits, batch["label"])
+            for total in (meter.confusion, meter.loss_sum):  # each rank saw its share of the split
+                self.world.sum_(total)
             results[name] = meter.compute()
         if not prepared:
             self._prepare_for_target(before_target)
@@ -347,6 +457,8 @@ class Trainer:
         with torch.inference_mode():
             value = float(self.validator.score(context))
             scores = score_panel(self.panel, context)
+        # Every rank scored the same samples with the same weights; rank 0's scores decide for all of them.
+        value, scores = self.world.from_main((value, scores))
         if self.best["value"] is None or value > self.best["value"]:
             self.best = {"value": value, "epoch": self.epoch}
             return True, scores
@@ -356,22 +468,26 @@ class Trainer:
         return self._batches(self.data.unlabelled)
 
     def _batches(self, loader: BatchLoader | None) -> Iterator[Batch]:
-        """The loader's batches in its epoch-0 order, on the device; none without a loader."""
+        """The loader's whole batches (on every rank) in its epoch-0 order, on the device; none without a loader."""
         if loader is None:
             return iter(())
-        return (move_batch(batch, self.device) for batch in loader.epoch(0))
+        return (move_batch(batch, self.device) for batch in loader.epoch(0, whole=True))
 
     # -- run directory and checkpoints ------------------------------------------------------------------
 
     def _write_epoch(self, record: dict[str, Any], improved: bool) -> None:
         if self.run_dir is None:
             return
+        state = self.state_dict()  # on every rank: it gathers their random states
+        self._last_checkpoint = time.monotonic()
+        if not self.world.is_main:
+            return
         with (self.run_dir / "metrics.jsonl").open("a") as file:
             file.write(json.dumps(record) + "\n")
         checkpoints = self.run_dir / "checkpoints"
         if improved:
             save_checkpoint(self.weights_state(), checkpoints / "best.pt")
-        save_checkpoint(self.state_dict(), checkpoints / "last.pt")
+        save_checkpoint(state, checkpoints / "last.pt")
 
     def _print_epoch(self, record: dict[str, Any]) -> None:
         if self.quiet:
@@ -393,11 +509,14 @@ class Trainer:
             "selected_value": self.best["value"],
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue exactly."""
-        rng = {"torch": torch.get_rng_state()}
+    def state_dict(self, position: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly; ``position`` where it stands inside an epoch (a
+        step checkpoint), None at the end of one."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.world.distributed:  # a collective: every rank calls state_dict at the same step
+            rng["ranks"] = self.world.gather(rng)
         return {
             **self.weights_state(),
             "step": self.step,
@@ -411,6 +530,8 @@ class Trainer:
             "best": dict(self.best),
             "history": self.history,
             "rng": rng,
+            "position": position,
+            "world_size": self.world.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -426,9 +547,10 @@ class Trainer:
             for strategy, module, entry in zip(self.strategies, self.strategy_modules, state["strategies"]):
                 module.load_state_dict(entry["module"])
                 strategy.load_state_dict(entry["state"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if "cuda" in state["rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            rng = state["rng"]["ranks"][self.world.rank] if self.world.distributed else state["rng"]
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(
                 f"its training state does not fit this run ({type(error).__name__}: {error})"
@@ -436,6 +558,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = dict(state["best"])
         self.history = list(state["history"])
+        self.position = state.get("position")  # absent from checkpoints written before step checkpoints
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """The model's weights and, with per-domain BatchNorm, the target's statistics."""
