@@ -355,11 +355,16 @@ def component_specs(experiment: Experiment) -> list[tuple[str, tuple[str, ...], 
     return specs
 
 
-def validate_components(experiment: Experiment, plugins: Any) -> dict[str, ResolvedComponent]:
-    """Phase two: every named component exists and its parameters fit its model. All errors at once."""
+def validate_components(
+    experiment: Experiment, plugins: Any, only: tuple[str, ...] | None = None
+) -> dict[str, ResolvedComponent]:
+    """Phase two: every named component exists and its parameters fit its model. All errors at once. ``only``
+    limits it to the components whose path starts with one of these (a saved model needs no dataset)."""
     resolved: dict[str, ResolvedComponent] = {}
     problems: list[str] = []
     for path, kinds, spec in component_specs(experiment):
+        if only is not None and not path.startswith(only):
+            continue
         component = next((plugins.registry(k).components.get(spec.name) for k in kinds
                           if spec.name in plugins.registry(k)), None)
         if component is None:
@@ -385,6 +390,18 @@ def validate_components(experiment: Experiment, plugins: Any) -> dict[str, Resol
         error_class = UnknownComponentError if unknown_only else ConfigError
         raise error_class("\n".join(problems))
     return resolved
+
+
+def resolved_config(experiment: Experiment, components: Mapping[str, ResolvedComponent]) -> dict[str, Any]:
+    """The experiment as plain data with every component's parameters filled in from its model, defaults
+    included: the run is pinned even if a later version changes a default."""
+    config = experiment.model_dump(mode="json")
+    for path, resolved in components.items():
+        node: Any = config
+        for key in path.split("."):
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node.update(resolved.params.model_dump(mode="json"))
+    return config
 
 
 # -- error messages -------------------------------------------------------------------------------------------

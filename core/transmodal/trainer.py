@@ -278,8 +278,9 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, drop_modalities: tuple[str, ...] = (),
-                 before_target: Callable[[], None] | None = None) -> Metrics:
-        """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent.
+                 before_target: Callable[[], None] | None = None, detailed: bool = False) -> Metrics:
+        """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent (``detailed``:
+        also per class, and the confusion matrix).
 
         Source splits are evaluated as the model trained; then the strategies prepare the model for the target
         domain (``before_evaluate``: AdaBN's target statistics) and the other splits are evaluated, so that each
@@ -302,7 +303,7 @@ class Trainer:
                 with self.autocast():
                     logits = self.model(batch).logits
                 meter.update(logits, batch["label"])
-            results[name] = meter.compute()
+            results[name] = meter.compute(self.data.bundle.classes if detailed else None)
         if not prepared:
             self._prepare_for_target(before_target)
         return {name: results[name] for name in self.data.evaluation}
