@@ -139,6 +139,11 @@ class ScheduleConfig(_Strict):
     beta: float = Field(0.75, ge=0.0, description="annealed: exponent of the decay (the paper's 0.75).")
 
 
+class EarlyStoppingConfig(_Strict):
+    patience: int = Field(ge=1, le=MAX_EPOCHS, description="Stop after this many epochs in a row in which the "
+                          "validator's score did not improve on its best.")
+
+
 class TrainerConfig(_Strict):
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(128, ge=1, le=MAX_BATCH)
@@ -157,6 +162,9 @@ class TrainerConfig(_Strict):
         "per-domain", description="How target batches meet BatchNorm in training. per-domain: each domain is "
                                   "normalised by its own statistics, in training and in evaluation (Chang et al., "
                                   "2019); joint: one pass over both domains, normalised by their mixture.")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="{patience: N}: stop when the run's validator has not improved for N epochs; best.pt "
+                          "keeps the best epoch. Default: train every epoch.")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
 

@@ -140,6 +140,8 @@ class Trainer:
         started = time.perf_counter()
         samples = 0
         for epoch in range(self.epoch, self.config.epochs):
+            if self.patience_exhausted():
+                break
             epoch_started = time.perf_counter()
             train_metrics, epoch_samples = self.train_epoch(epoch)
             self._check_finite(epoch, train_metrics["loss"])
@@ -167,6 +169,13 @@ class Trainer:
         if self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def patience_exhausted(self) -> bool:
+        """Early stopping: the validator has not improved for ``patience`` epochs. Read from the best epoch, so a
+        resumed run stops where the uninterrupted one would have."""
+        stopping = self.config.early_stopping
+        return (stopping is not None and self.best["epoch"] is not None
+                and self.epoch - self.best["epoch"] >= stopping.patience)
 
     def _check_finite(self, epoch: int, loss: float) -> None:
         """Stop at the end of an epoch whose mean loss is not finite, before its checkpoint would overwrite the
@@ -469,6 +478,9 @@ class Trainer:
                 "epoch": oracle["epoch"],
                 "target/test": oracle["target/test"],
             }
+        stopping = self.config.early_stopping
+        if stopping is not None and self.patience_exhausted() and self.epoch < self.config.epochs:
+            summary["stopped_early"] = {"epoch": self.epoch, "patience": stopping.patience}
         choices = panel_choices(self.history)
         if choices is not None:
             summary["validators"] = choices
