@@ -85,7 +85,7 @@ def main() -> None:
             experiment = base.model_copy(update={"adaptation": [ComponentSpec(**s) for s in STRATEGIES[name]]})
             resolved = validate_components(experiment, plugins)
             torch.manual_seed(0)
-            model = build_model(experiment, resolved, data)
+            model = build_model(experiment, resolved, data.modalities, len(data.bundle.classes))
             strategies = build_strategies(experiment, resolved, data, model)
             validator = resolved["validator"].component.load_factory()(resolved["validator"].params)
             trainer = transmodal.Trainer(Assembled(experiment, resolved, data, model, strategies, validator), quiet=True)

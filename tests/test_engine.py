@@ -233,3 +233,27 @@ def test_step_checkpoints_by_the_clock(tiny, monkeypatch: pytest.MonkeyPatch):
                          quiet=True)
     monkeypatch.setattr(transmodal.Trainer, "train_step", original_step)
     assert load_checkpoint(tiny().output.dir / "clock" / "checkpoints" / "last.pt")["step"] == 6
+
+
+def test_early_stopping_stops_once_the_validator_stops_improving(tiny, monkeypatch):
+    from transmodal.validator import MetricValidator
+
+    scores = iter([0.5, 0.7, 0.7, 0.6, 0.9, 0.9])  # best at epoch 2; epochs 3 and 4 do not beat it
+    monkeypatch.setattr(MetricValidator, "score", lambda self, context: next(scores))
+    experiment = tiny("trainer.epochs=6", "adaptation=[{name: finetune}]", "trainer.early_stopping={patience: 2}",
+                      "trainer.score_validators=false")
+    summary, run_dir = transmodal.train(experiment, quiet=True)
+    assert summary["epochs"] == 4 and summary["best_epoch"] == 2
+    assert summary["stopped_early"] == {"epoch": 4, "patience": 2}
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    # Resuming a run that stopped early trains nothing more.
+    assert transmodal.resume(run_dir, quiet=True)["epochs"] == 4
+
+
+def test_without_early_stopping_every_epoch_trains(tiny, monkeypatch):
+    from transmodal.validator import MetricValidator
+
+    monkeypatch.setattr(MetricValidator, "score", lambda self, context: 0.5)  # never improves after epoch 1
+    summary, _ = transmodal.train(tiny("trainer.epochs=3", "adaptation=[{name: finetune}]",
+                                       "trainer.score_validators=false"), quiet=True)
+    assert summary["epochs"] == 3 and "stopped_early" not in summary

@@ -21,7 +21,8 @@ _EXPORTS: dict[str, str] = {
                      "presence_key"), "transmodal.data"),
     **dict.fromkeys(("Encoder", "ImageInput"), "transmodal.encoder"),
     **dict.fromkeys(("CheckpointError", "ConfigError", "DataError", "DuplicateComponentError", "PluginLoadError",
-                     "RunDirectoryError", "TransmodalError", "UnknownComponentError"), "transmodal.errors"),
+                     "InputError", "RunDirectoryError", "TransmodalError", "UnknownComponentError"),
+                  "transmodal.errors"),
     **dict.fromkeys(("Assembled", "assemble"), "transmodal.experiment"),
     **dict.fromkeys(("Fusion", "pool_tokens", "presence"), "transmodal.fusion"),
     "hookimpl": "transmodal.hookspecs",
@@ -33,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "train": "transmodal.api",
     **dict.fromkeys(("ParamGroup", "StepData", "Strategy", "TrainingContext"), "transmodal.strategy"),
     "Trainer": "transmodal.trainer",
+    **dict.fromkeys(("TrainedModel", "load"), "transmodal.trained_model"),
 }
 
 __all__ = sorted(_EXPORTS)
@@ -61,6 +63,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         ConfigError,
         DataError,
         DuplicateComponentError,
+        InputError,
         PluginLoadError,
         RunDirectoryError,
         TransmodalError,
@@ -75,4 +78,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from transmodal.registry import NoParams
     from transmodal.run import evaluate_run, resume
     from transmodal.strategy import ParamGroup, StepData, Strategy, TrainingContext
+    from transmodal.trained_model import TrainedModel, load
     from transmodal.trainer import Trainer

@@ -1,7 +1,7 @@
 """The ``transmodal`` command line. Exit status: 0 success, 2 usage or config error (a wrong path too), 1 failure
 while running, 130 interrupted.
 
-Only the commands that train or evaluate import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
+Only the commands that train, evaluate, predict or export import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
 in a fraction of torch's own import time.
 """
 
@@ -46,7 +46,37 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evaluate.add_argument("--drop-modality", action="append", default=[], metavar="NAME",
                           help="evaluate with this modality absent from every sample (repeatable)")
+    evaluate.add_argument("--data", type=Path, metavar="CONFIG_OR_MANIFEST",
+                          help="evaluate on other data: a config file's dataset, or a manifest (.csv, .jsonl, ...) "
+                               "with a column per modality and a label column")
+    evaluate.add_argument("--domain", choices=["source", "target"], default="source",
+                          help="with --data FILE.csv: whose BatchNorm statistics serve it (per-domain BatchNorm)")
     evaluate.add_argument("--json", action="store_true")
+
+    predict = commands.add_parser(
+        "predict", help="predict classes of new samples with a trained run",
+        description="INPUTS: image files or folders, texts or a .txt file (one text per line), or a manifest "
+                    "(.csv, .tsv, .jsonl) with a column per modality (missing columns and empty cells: absent).")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory or an exported model")
+    predict.add_argument("inputs", nargs="+", metavar="INPUTS")
+    predict.add_argument("--modality", help="the modality that files or texts are for, if the model has several")
+    predict.add_argument("--output", type=Path, help="a .csv or .jsonl file (default: CSV on stdout)")
+    predict.add_argument("--format", dest="output_format", choices=["csv", "jsonl"],
+                         help="output format (default: from --output's suffix, else csv)")
+    predict.add_argument("--top-k", type=int, default=3, help="classes listed per sample (default 3)")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--domain", choices=["source", "target"], default="source",
+                         help="whose BatchNorm statistics serve the inputs (per-domain BatchNorm keeps both)")
+    predict.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    predict.add_argument("--device", help="default: the run's trainer.device")
+
+    export_model = commands.add_parser("export", help="export a run's model with its config and tokenizers")
+    export_model.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export_model.add_argument("--format", choices=["safetensors", "torchscript"], default="safetensors")
+    export_model.add_argument("--output", type=Path, help="a new folder (default: RUN_DIR/export-FORMAT)")
+    export_model.add_argument("--domain", choices=["source", "target"], default="source",
+                              help="torchscript: whose BatchNorm statistics are traced in")
+    export_model.add_argument("--checkpoint", choices=["best", "last"], default="best")
 
     plugins = commands.add_parser("plugins", help="installed plugins, what they register, and failures")
     plugins.add_argument("--json", action="store_true")
@@ -196,7 +226,16 @@ def _summary_table(summary: dict[str, Any]) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from transmodal import run
 
-    metrics, header = run.evaluate_run(_existing_run_dir(args.run_dir), args.checkpoint, tuple(args.drop_modality))
+    if args.data is not None:
+        if args.drop_modality:
+            raise ConfigError("--drop-modality works on the run's own splits; with --data, leave the modality's "
+                              "column out of the manifest instead")
+        from transmodal.evaluate_data import evaluate_on
+
+        metrics, header = evaluate_on(args.run_dir, args.data, args.checkpoint, args.domain)
+    else:
+        metrics, header = run.evaluate_run(_existing_run_dir(args.run_dir), args.checkpoint,
+                                           tuple(args.drop_modality), detailed=True)
     if args.json:
         print(json.dumps({**header, "dropped": args.drop_modality, "metrics": metrics}, indent=2))
         return EXIT_OK
@@ -205,6 +244,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{'split':<14}{'accuracy':>10}{'macro-F1':>10}{'loss':>9}")
     for split, values in metrics.items():
         print(f"{split:<14}{values['accuracy']:>10.4f}{values['macro_f1']:>10.4f}{values['loss']:>9.4f}")
+    for split, values in metrics.items():
+        if "per_class" in values:
+            print(f"\n{split}: per class (--json adds the confusion matrix)")
+            print(f"  {'class':<24}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}")
+            for name, scores in values["per_class"].items():
+                print(f"  {name[:24]:<24}{scores['precision']:>10.4f}{scores['recall']:>10.4f}{scores['f1']:>10.4f}"
+                      f"{scores['support']:>9}")
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from transmodal.predict import write_records
+    from transmodal.trained_model import load
+
+    trained = load(args.run_dir, args.checkpoint, args.device)
+    records = trained.predict(args.inputs, modality=args.modality, top_k=args.top_k, batch_size=args.batch_size,
+                              domain=args.domain)
+    write_records(records, args.output, args.output_format)
+    if args.output is not None:
+        print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from transmodal.trained_model import load
+
+    trained = load(_existing_run_dir(args.run_dir), args.checkpoint, "cpu")
+    output = args.output or args.run_dir / f"export-{args.format}"
+    print(f"exported to {trained.export(output, args.format, args.domain)}")
     return EXIT_OK
 
 
@@ -343,6 +411,8 @@ def _cache(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
+    "predict": _predict,
+    "export": _export,
     "plugins": _plugins,
     "components": _components,
     "config": _config,

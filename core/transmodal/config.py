@@ -139,6 +139,11 @@ class ScheduleConfig(_Strict):
     beta: float = Field(0.75, ge=0.0, description="annealed: exponent of the decay (the paper's 0.75).")
 
 
+class EarlyStoppingConfig(_Strict):
+    patience: int = Field(ge=1, le=MAX_EPOCHS, description="Stop after this many epochs in a row in which the "
+                          "validator's score did not improve on its best.")
+
+
 class TrainerConfig(_Strict):
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="Labelled source samples per optimizer step: "
@@ -168,6 +173,9 @@ class TrainerConfig(_Strict):
     checkpoint_every_minutes: float | None = Field(
         None, gt=0, le=10**6, description="Also write checkpoints/last.pt inside an epoch once this many minutes "
                                           "have passed since the last one (looked at every log_every steps).")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="{patience: N}: stop when the run's validator has not improved for N epochs; best.pt "
+                          "keeps the best epoch. Default: train every epoch.")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
 
@@ -366,11 +374,16 @@ def component_specs(experiment: Experiment) -> list[tuple[str, tuple[str, ...], 
     return specs
 
 
-def validate_components(experiment: Experiment, plugins: Any) -> dict[str, ResolvedComponent]:
-    """Phase two: every named component exists and its parameters fit its model. All errors at once."""
+def validate_components(
+    experiment: Experiment, plugins: Any, only: tuple[str, ...] | None = None
+) -> dict[str, ResolvedComponent]:
+    """Phase two: every named component exists and its parameters fit its model. All errors at once. ``only``
+    limits it to the components whose path starts with one of these (a saved model needs no dataset)."""
     resolved: dict[str, ResolvedComponent] = {}
     problems: list[str] = []
     for path, kinds, spec in component_specs(experiment):
+        if only is not None and not path.startswith(only):
+            continue
         component = next((plugins.registry(k).components.get(spec.name) for k in kinds
                           if spec.name in plugins.registry(k)), None)
         if component is None:
@@ -396,6 +409,18 @@ def validate_components(experiment: Experiment, plugins: Any) -> dict[str, Resol
         error_class = UnknownComponentError if unknown_only else ConfigError
         raise error_class("\n".join(problems))
     return resolved
+
+
+def resolved_config(experiment: Experiment, components: Mapping[str, ResolvedComponent]) -> dict[str, Any]:
+    """The experiment as plain data with every component's parameters filled in from its model, defaults
+    included: the run is pinned even if a later version changes a default."""
+    config = experiment.model_dump(mode="json")
+    for path, resolved in components.items():
+        node: Any = config
+        for key in path.split("."):
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node.update(resolved.params.model_dump(mode="json"))
+    return config
 
 
 # -- error messages -------------------------------------------------------------------------------------------

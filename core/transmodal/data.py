@@ -126,6 +126,9 @@ class ModalitySpec:
     vocab_size: int = 0  # text only
     tokenizer: Any = None  # text only: the fitted Tokenizer (for pretrained word vectors)
     extras: dict[str, Any] = field(default_factory=dict)
+    # True when a trained run's weights are loaded into the encoder right after it is built: factories then skip
+    # reading pretrained weights or word vectors, files (or downloads) that a saved run no longer needs.
+    from_checkpoint: bool = False
 
 
 Column = torch.Tensor | MappedColumn

@@ -15,6 +15,11 @@ class RunDirectoryError(ConfigError):
     """``output.dir`` cannot hold a new run directory (not a folder, not writable) or ``output.name`` is taken."""
 
 
+class InputError(ConfigError):
+    """An input given to ``predict`` or ``evaluate --data`` cannot be used: a missing or undecodable file, a
+    modality the model does not have, an image where text is expected (CLI exit status 2)."""
+
+
 class UnknownComponentError(ConfigError):
     """A component name that no loaded plugin registers."""
 

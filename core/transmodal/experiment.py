@@ -45,7 +45,7 @@ def assemble(
     plugins = plugins or get_plugins()
     components = validate_components(experiment, plugins)
     data = prepare_data(experiment, components, tokenizer_states or {})
-    model = build_model(experiment, components, data)
+    model = build_model(experiment, components, data.modalities, len(data.bundle.classes))
     strategies = build_strategies(experiment, components, data, model)
     validator = _build(components["validator"])
     if validator.needs_unlabelled_target and data.unlabelled is None:
@@ -65,7 +65,7 @@ def _tokenizer_texts(bundle: DatasetBundle, modality: str, fit_on: str) -> list[
     return texts
 
 
-def _tokenizer(resolved: ResolvedComponent, texts: list[str], modality: str, state: str | None) -> Any:
+def tokenizer_for(resolved: ResolvedComponent, texts: list[str], modality: str, state: str | None) -> Any:
     """Fitted on ``texts``, or restored from ``state`` (from a checkpoint, which may be damaged)."""
     if state is None:
         return _build(resolved, texts)
@@ -97,7 +97,7 @@ def prepare_data(
         kind = bundle.modalities[modality]
         if kind == "text":
             texts = _tokenizer_texts(bundle, modality, experiment.data.tokenizer_fit)
-            tokenizer = _tokenizer(components["data.tokenizer"], texts, modality, tokenizer_states.get(modality))
+            tokenizer = tokenizer_for(components["data.tokenizer"], texts, modality, tokenizer_states.get(modality))
             for split in splits:
                 split.data[modality] = tokenizer.encode_batch(list(split.data[modality]))
             tokenizers[modality] = tokenizer
@@ -132,9 +132,11 @@ def prepare_data(
 
 
 def build_model(
-    experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData
+    experiment: Experiment, components: dict[str, ResolvedComponent], modalities: dict[str, ModalitySpec],
+    num_classes: int,
 ) -> TransmodalModel:
-    """The model, refused before allocation if training it cannot fit in the training device's memory."""
+    """The model, refused before allocation if training it cannot fit in the training device's memory. It needs
+    only the modalities' specs and the number of classes, so a saved run rebuilds it without its dataset."""
     from transmodal.trainer import resolve_device  # the trainer imports this module
 
     def parts(model: nn.Module) -> dict[str, nn.Module]:
@@ -142,18 +144,19 @@ def build_model(
         return {**{f"model.encoders.{m}": e for m, e in model.encoders.items()},
                 "model.fusion": model.fusion, "model.head": model.head}
 
-    model = build_if_it_fits(lambda: _assemble_model(experiment, components, data), parts,
+    model = build_if_it_fits(lambda: _assemble_model(experiment, components, modalities, num_classes), parts,
                              resolve_device(experiment.trainer.device), experiment.optimizer.name)
     assert isinstance(model, TransmodalModel)
     return model
 
 
 def _assemble_model(
-    experiment: Experiment, components: dict[str, ResolvedComponent], data: PreparedData
+    experiment: Experiment, components: dict[str, ResolvedComponent], modalities: dict[str, ModalitySpec],
+    num_classes: int,
 ) -> TransmodalModel:
     encoders: dict[str, Encoder] = {}
     inputs = {}
-    for modality, spec in data.modalities.items():
+    for modality, spec in modalities.items():
         encoder = _build(components[f"model.encoders.{modality}"], spec)
         encoders[modality] = encoder
         if spec.kind == "image":
@@ -166,7 +169,6 @@ def _assemble_model(
                 size=getattr(encoder, "input_size", None),
             )
     fusion = _build(components["model.fusion"], {m: e.out_dim for m, e in encoders.items()})
-    num_classes = len(data.bundle.classes)
     if experiment.model.late_fusion:
         head = LateFusionHeads(
             {m: _build(components["model.head"], e.out_dim, num_classes) for m, e in encoders.items()}

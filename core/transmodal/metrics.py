@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
 
@@ -21,7 +24,9 @@ class ClassificationMeter:
             labels * self.num_classes + predictions, minlength=self.num_classes**2
         ).view(self.num_classes, self.num_classes)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """Loss, accuracy, macro-F1; given the class names, also each class's precision, recall, F1 and support,
+        and the confusion matrix (rows: true class, columns: predicted class, in the order of ``classes``)."""
         confusion = self.confusion.double().cpu()
         total = confusion.sum()
         if total == 0:
@@ -31,9 +36,18 @@ class ClassificationMeter:
         recall = true_positive / confusion.sum(dim=1).clamp(min=1)
         f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
         seen = (confusion.sum(dim=1) + confusion.sum(dim=0)) > 0  # classes absent from labels and predictions
-        return {
+        metrics: dict[str, Any] = {
             "loss": float(self.loss_sum.cpu() / total),
             "accuracy": float(true_positive.sum() / total),
             "macro_f1": float(f1[seen].mean()),
             "samples": int(total),
         }
+        if classes is not None:
+            support = confusion.sum(dim=1)
+            metrics["per_class"] = {
+                name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                       "support": int(support[i])}
+                for i, name in enumerate(classes)
+            }
+            metrics["confusion"] = self.confusion.cpu().tolist()
+        return metrics

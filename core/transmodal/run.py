@@ -1,6 +1,8 @@
 """Runs: a run directory per training, resuming a stopped run, evaluating a finished one.
 
-A run directory holds ``config.yaml`` (the resolved experiment), ``metrics.jsonl`` (one line per epoch),
+A run directory holds ``config.yaml`` (the resolved experiment, every component parameter with its value or
+default), ``model.json`` (the modalities' kinds and shapes and the class names: with the config and a checkpoint,
+all that rebuilding the model needs, see ``trained_model.py``), ``metrics.jsonl`` (one line per epoch),
 ``checkpoints/last.pt`` (full training state) and ``checkpoints/best.pt`` (weights chosen by
 the experiment's ``validator``), ``tokenizers/`` and ``summary.json``.
 """
@@ -15,14 +17,15 @@ import torch
 import yaml
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
-from transmodal.config import MAX_SEED, Experiment, load_experiment
+from transmodal.config import MAX_SEED, Experiment, load_experiment, resolved_config
 from transmodal.distributed import World, process_group
 from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
 from transmodal.experiment import assemble
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
-    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints,
+    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints, write_text_atomic,
 )
+from transmodal.trained_model import model_info, write_model_info
 from transmodal.trainer import Metrics, Trainer, resolve_device
 
 
@@ -63,7 +66,9 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
     run_dir = _shared_run_dir(experiment, world, run_dir)
     trainer.run_dir = run_dir
     if world.is_main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False))
+        config = resolved_config(experiment, assembled.components)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_model_info(run_dir, model_info(assembled.data.modalities, assembled.data.bundle.classes))
         tokenizer_dir = run_dir / "tokenizers"
         for modality, tokenizer in assembled.data.tokenizers.items():
             tokenizer_dir.mkdir(exist_ok=True)
@@ -178,9 +183,11 @@ def _notice(message: str) -> None:
 
 
 def evaluate_run(
-    run_dir: Path, checkpoint: str = "best", drop_modalities: tuple[str, ...] = (), plugins: Plugins | None = None
+    run_dir: Path, checkpoint: str = "best", drop_modalities: tuple[str, ...] = (), plugins: Plugins | None = None,
+    detailed: bool = False,
 ) -> tuple[Metrics, dict[str, Any]]:
-    """Metrics of a saved checkpoint on every evaluation split; returns them and the checkpoint's header."""
+    """Metrics of a saved checkpoint on every evaluation split (``detailed``: per class, and the confusion
+    matrix); returns them and the checkpoint's header."""
     experiment = load_run_experiment(run_dir)
     _configure_threads(experiment)
     path = run_dir / CHECKPOINTS / f"{checkpoint}.pt"
@@ -197,4 +204,4 @@ def evaluate_run(
     with restoring_from(path):
         trainer.load_weights(state)
     header = {"checkpoint": checkpoint, "epoch": state["epoch"], "selected_by": state.get("selected_by")}
-    return trainer.evaluate(drop_modalities), header
+    return trainer.evaluate(drop_modalities, detailed=detailed), header

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,18 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 DAMAGED_SUFFIX = ".damaged"
 _MAX_CLASHES = 1000  # generated names tried per second before giving up
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename: a reader (or a crash) never sees half a file under the real name."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def create_run_dir(experiment: Experiment) -> Path:

@@ -186,6 +186,8 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
         samples = 0
         for epoch in range(self.epoch, self.config.epochs):
+            if self.patience_exhausted():
+                break
             epoch_started = time.perf_counter()
             train_metrics, epoch_samples = self.train_epoch(epoch)
             self._check_finite(epoch, train_metrics["loss"])
@@ -214,6 +216,13 @@ class Trainer:
         if self.run_dir is not None and self.world.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def patience_exhausted(self) -> bool:
+        """Early stopping: the validator has not improved for ``patience`` epochs. Read from the best epoch, so a
+        resumed run stops where the uninterrupted one would have."""
+        stopping = self.config.early_stopping
+        return (stopping is not None and self.best["epoch"] is not None
+                and self.epoch - self.best["epoch"] >= stopping.patience)
 
     def _check_finite(self, epoch: int, loss: float) -> None:
         """Stop at the end of an epoch whose mean loss is not finite, before its checkpoint would overwrite the
@@ -386,8 +395,9 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, drop_modalities: tuple[str, ...] = (),
-                 before_target: Callable[[], None] | None = None) -> Metrics:
-        """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent.
+                 before_target: Callable[[], None] | None = None, detailed: bool = False) -> Metrics:
+        """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent (``detailed``:
+        also per class, and the confusion matrix).
 
         Source splits are evaluated as the model trained; then the strategies prepare the model for the target
         domain (``before_evaluate``: AdaBN's target statistics) and the other splits are evaluated, so that each
@@ -412,7 +422,7 @@ class Trainer:
                 meter.update(logits, batch["label"])
             for total in (meter.confusion, meter.loss_sum):  # each rank saw its share of the split
                 self.world.sum_(total)
-            results[name] = meter.compute()
+            results[name] = meter.compute(self.data.bundle.classes if detailed else None)
         if not prepared:
             self._prepare_for_target(before_target)
         return {name: results[name] for name in self.data.evaluation}
@@ -591,6 +601,9 @@ class Trainer:
                 "epoch": oracle["epoch"],
                 "target/test": oracle["target/test"],
             }
+        stopping = self.config.early_stopping
+        if stopping is not None and self.patience_exhausted() and self.epoch < self.config.epochs:
+            summary["stopped_early"] = {"epoch": self.epoch, "patience": stopping.patience}
         choices = panel_choices(self.history)
         if choices is not None:
             summary["validators"] = choices

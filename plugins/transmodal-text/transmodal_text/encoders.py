@@ -31,7 +31,7 @@ def _require_text(modality: ModalitySpec, encoder: str) -> None:
 def _embedding(params: EmbeddingParams, modality: ModalitySpec) -> tuple[nn.Embedding, float | None]:
     embedding = nn.Embedding(modality.vocab_size, params.embedding_dim, padding_idx=PAD_ID)
     coverage = None
-    if params.vectors is not None:
+    if params.vectors is not None and not modality.from_checkpoint:
         if modality.tokenizer is None:
             raise ConfigError(f"model.encoders.{modality.name}.vectors: the modality has no tokenizer vocabulary")
         coverage = initialise_embedding(embedding, params.vectors, modality.tokenizer.vocabulary(),

@@ -36,10 +36,15 @@ _SHOWN = 5  # keys listed per kind of mismatch in an error message
 # -- weights --------------------------------------------------------------------------------------------------
 
 
-def _named_model(arch: str, name: str) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+def _named_model(arch: str, name: str, load: bool) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
     """The model with torchvision weights ``name``, through torchvision's builder (which downloads into, or
-    reads from, the torch hub cache) and the normalisation the weights were trained with."""
+    reads from, the torch hub cache) and the normalisation the weights were trained with. Without ``load`` (a
+    saved run's weights follow), only the normalisation is read from the weights' metadata: nothing downloads."""
     weights = torchvision.models.get_model_weights(arch)[name]
+    preset = weights.transforms()
+    normalisation = tuple(getattr(preset, "mean", IMAGENET_MEAN)), tuple(getattr(preset, "std", IMAGENET_STD))
+    if not load:
+        return torchvision.models.get_model(arch, weights=None), *normalisation
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
         net = torchvision.models.get_model(arch, weights=weights)
@@ -54,8 +59,7 @@ def _named_model(arch: str, name: str) -> tuple[nn.Module, tuple[float, ...], tu
             f"The cached {arch} weights {cached} cannot be loaded ({type(error).__name__}: {error}). Delete the "
             f"file so that it is downloaded again."
         ) from None
-    preset = weights.transforms()
-    return net, tuple(getattr(preset, "mean", IMAGENET_MEAN)), tuple(getattr(preset, "std", IMAGENET_STD))
+    return net, *normalisation
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -111,11 +115,13 @@ def load_weights_file(
     net.load_state_dict(state, strict=False)
 
 
-def _base_model(arch: str, params: _BackboneParams) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
-    """The torchvision model with named weights loaded (local files are loaded later, once the model has
-    its final shape), and its normalisation (params override the weights' metadata)."""
+def _base_model(
+    arch: str, params: _BackboneParams, load: bool
+) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """The torchvision model with named weights loaded if ``load`` (local files are loaded later, once the model
+    has its final shape), and its normalisation (params override the weights' metadata)."""
     if params.weights is not None and not is_weights_file(params.weights):
-        net, mean, std = _named_model(arch, params.weights)
+        net, mean, std = _named_model(arch, params.weights, load)
     else:
         net, mean, std = torchvision.models.get_model(arch, weights=None), IMAGENET_MEAN, IMAGENET_STD
     return net, tuple(params.mean or mean), tuple(params.std or std)
@@ -183,11 +189,11 @@ def _use_cifar_stem(net: ResNet) -> None:
     net.maxpool = nn.Identity()
 
 
-def _resnet_backbone(arch: str, params: ResNetParams | TorchvisionParams) -> ResNetBackbone:
-    net, mean, std = _base_model(arch, params)
+def _resnet_backbone(arch: str, params: ResNetParams | TorchvisionParams, load: bool) -> ResNetBackbone:
+    net, mean, std = _base_model(arch, params, load)
     if params.cifar_stem:
         _use_cifar_stem(net)
-    if params.weights is not None and is_weights_file(params.weights):
+    if load and params.weights is not None and is_weights_file(params.weights):
         path = Path(params.weights).expanduser()
         state = read_weights_file(path)
         skip: tuple[str, ...] = ("fc.",)
@@ -200,7 +206,7 @@ def _resnet_backbone(arch: str, params: ResNetParams | TorchvisionParams) -> Res
 
 def build_resnet(arch: str, params: ResNetParams, modality: ModalitySpec) -> ResNetBackbone:
     _require_rgb(modality, arch)
-    return _resnet_backbone(arch, params)
+    return _resnet_backbone(arch, params, not modality.from_checkpoint)
 
 
 build_resnet18 = functools.partial(build_resnet, "resnet18")
@@ -281,16 +287,17 @@ def _feature_map_node(net: nn.Module, arch: str) -> str:
 
 def build_torchvision(params: TorchvisionParams, modality: ModalitySpec) -> Encoder:
     _require_rgb(modality, f"torchvision ({params.arch})")
+    load = not modality.from_checkpoint
     if params.arch.startswith(RESNET_FAMILY_PREFIXES):
-        return _resnet_backbone(params.arch, params)
-    net, mean, std = _base_model(params.arch, params)
+        return _resnet_backbone(params.arch, params, load)
+    net, mean, std = _base_model(params.arch, params, load)
     _drop_auxiliary_heads(net)
     last = _last_linear(net)
     if last is None:
         raise ConfigError(f"backbone torchvision: {params.arch} has no final linear classifier to remove; "
                           f"choose another architecture")
     classifier, linear = last
-    if params.weights is not None and is_weights_file(params.weights):
+    if load and params.weights is not None and is_weights_file(params.weights):
         path = Path(params.weights).expanduser()
         load_weights_file(net, path, read_weights_file(path), params.arch, (classifier + ".",))
     size = params.input_size

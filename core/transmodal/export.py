@@ -1,0 +1,218 @@
+"""Exporting a trained model as a self-contained bundle that :func:`transmodal.load` reads back.
+
+A bundle is a folder: ``config.yaml`` and ``model.json`` (as in the run directory, ``model.json`` also saying how
+the bundle was exported), ``tokenizers/<modality>.json``, and the weights as one of
+
+- ``weights.safetensors`` (the ``safetensors`` package: ``pip install "transmodal[export]"``): the model's
+  tensors under ``model.``, the target domain's BatchNorm statistics under ``target_batchnorm.``; rebuilt
+  through the same components, so the plugins that trained it must be installed;
+- ``model.torchscript``: the model traced with ``torch.jit.trace`` on a sample batch, for one domain's BatchNorm
+  statistics; it runs without the components' plugins (only the tokenizer's).
+
+The folder is written under a temporary name beside the destination and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from transmodal.config import Experiment, load_experiment, validate_components
+from transmodal.data import Batch, ModalitySpec
+from transmodal.errors import CheckpointError, ConfigError
+from transmodal.experiment import tokenizer_for
+from transmodal.plugins import Plugins, get_plugins
+from transmodal.trained_model import (
+    MODEL_INFO, TOKENIZERS, Domain, TrainedModel, build_trained_model, model_info, read_model_info,
+    write_model_info,
+)
+from transmodal.trainer import resolve_device
+
+FORMATS = ("safetensors", "torchscript")
+WEIGHTS = {"safetensors": "weights.safetensors", "torchscript": "model.torchscript"}
+_MODEL_PREFIX, _TARGET_PREFIX = "model.", "target_batchnorm."
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ConfigError('exporting or loading safetensors needs the safetensors package: '
+                          'pip install "transmodal[export]" (or pip install safetensors)') from None
+    return safetensors.torch
+
+
+def is_bundle(path: Path) -> bool:
+    return any((path / name).is_file() for name in WEIGHTS.values())
+
+
+def export(trained: TrainedModel, directory: Path, format: str = "safetensors", domain: Domain = "source") -> Path:
+    """Write ``trained`` as a bundle into the new folder ``directory``; returns it."""
+    if format not in FORMATS:
+        raise ConfigError(f"export format '{format}': choose {' or '.join(FORMATS)}")
+    if format == "safetensors" and domain != "source":
+        raise ConfigError("--domain chooses the BatchNorm statistics traced into a TorchScript model; a safetensors "
+                          "bundle keeps both domains' (choose the domain when predicting)")
+    if not isinstance(trained.model, nn.Module) or isinstance(trained.model, torch.jit.ScriptModule):
+        raise ConfigError("this model was loaded from a TorchScript bundle; export from its run directory")
+    directory = directory.expanduser()
+    if directory.exists():
+        raise ConfigError(f"--output {directory} already exists; choose a new folder")
+    if not directory.parent.is_dir():
+        raise ConfigError(f"--output {directory}: the folder {directory.parent} does not exist")
+    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        _write_bundle(trained, temporary, format, domain)
+        temporary.rename(directory)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return directory
+
+
+def _write_bundle(trained: TrainedModel, folder: Path, format: str, domain: Domain) -> None:
+    (folder / "config.yaml").write_text(yaml.safe_dump(trained.experiment.model_dump(mode="json"), sort_keys=False))
+    info = model_info(trained.modalities, trained.classes)
+    info["export"] = {"format": format, "domain": domain if format == "torchscript" else None, **trained.header}
+    write_model_info(folder, info)
+    (folder / TOKENIZERS).mkdir()
+    for name, spec in trained.modalities.items():
+        if spec.tokenizer is not None:
+            (folder / TOKENIZERS / f"{name}.json").write_text(spec.tokenizer.state())
+    if format == "safetensors":
+        tensors = {_MODEL_PREFIX + key: value.detach().cpu().clone().contiguous()
+                   for key, value in trained.model.state_dict().items()}
+        if trained.target_statistics is not None:
+            for index, buffers in enumerate(trained.target_statistics.state_dict()):
+                tensors.update({f"{_TARGET_PREFIX}{index}.{name}": tensor.cpu().contiguous()
+                                for name, tensor in buffers.items()})
+        _safetensors().save_file(tensors, str(folder / WEIGHTS[format]))
+    else:
+        traced = trace(trained, domain)
+        with _quiet_torchscript():
+            torch.jit.save(traced, str(folder / WEIGHTS[format]))
+
+
+class _Logits(nn.Module):
+    """The model as a function of one batch dict to logits: what TorchScript can trace."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch).logits.float()
+
+
+def sample_batch(trained: TrainedModel, size: int = 4, length: int = 8) -> Batch:
+    """A random batch with every modality present, on the model's device: what tracing runs."""
+    generator = torch.Generator().manual_seed(0)
+    batch: Batch = {}
+    for name, spec in trained.modalities.items():
+        if spec.kind == "text":
+            batch[name] = torch.randint(2, max(3, spec.vocab_size), (size, length), generator=generator)
+        elif spec.kind == "image":
+            batch[name] = torch.randint(0, 256, (size, *spec.shape), generator=generator, dtype=torch.uint8)
+        else:
+            batch[name] = torch.randn(size, *spec.shape, generator=generator)
+    return trained.full_batch(batch)
+
+
+def trace(trained: TrainedModel, domain: Domain) -> torch.jit.ScriptModule:
+    """The model traced on a sample batch, then checked on a batch of another size and text length against the
+    model itself: a component whose Python control flow the trace froze is refused, not exported wrong."""
+    trained.check_domain(domain)
+    statistics = trained.target_statistics if domain == "target" else None
+    wrapper = _Logits(trained.model).eval()
+    with torch.no_grad(), _quiet_torchscript(), statistics.active() if statistics else contextlib.nullcontext():
+        traced = torch.jit.trace(wrapper, (sample_batch(trained),), check_trace=False)
+        check = sample_batch(trained, size=3, length=5)
+        expected, got = wrapper(check), traced(check)
+    if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+        difference = (expected - got).abs().max() if expected.shape == got.shape else "shapes differ"
+        raise ConfigError(f"the traced model does not reproduce the model on a batch of another size or text length "
+                          f"(largest difference {difference}): one of its components does not trace. Export it "
+                          f"with --format safetensors")
+    return traced
+
+
+@contextlib.contextmanager
+def _quiet_torchscript() -> Iterator[None]:
+    """TorchScript's deprecation notices and tracer warnings say nothing the check after tracing does not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
+def load_bundle(folder: Path, device: str | None = None, plugins: Plugins | None = None) -> TrainedModel:
+    """A bundle that :func:`export` wrote, as a :class:`TrainedModel`."""
+    experiment = load_experiment(folder / "config.yaml")
+    info = read_model_info(folder)
+    exported = info.get("export")
+    if not isinstance(exported, dict) or exported.get("format") not in FORMATS:
+        raise CheckpointError(f"{folder / MODEL_INFO} does not say how the bundle was exported (its 'export' entry)")
+    header = {key: exported.get(key) for key in ("checkpoint", "epoch", "selected_by")}
+    tokenizers = {}
+    for name, (kind, _) in info["modalities"].items():
+        if kind == "text":
+            path = folder / TOKENIZERS / f"{name}.json"
+            if not path.is_file():
+                raise CheckpointError(f"{folder} lacks {TOKENIZERS}/{name}.json, the tokenizer of modality '{name}'")
+            tokenizers[name] = path.read_text(encoding="utf-8")
+    weights = folder / WEIGHTS[exported["format"]]
+    if exported["format"] == "safetensors":
+        state = _read_safetensors(weights)
+        state.update(tokenizers=tokenizers, classes=info["classes"])
+        return build_trained_model(experiment, info, state, header, device, plugins)
+    return _load_torchscript(experiment, info, tokenizers, weights, header, exported.get("domain") or "source",
+                             device, plugins)
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    try:
+        tensors = _safetensors().load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError on a damaged file
+        raise CheckpointError(f"Cannot read {path}: {type(error).__name__}: {error}") from None
+    model = {key[len(_MODEL_PREFIX):]: value for key, value in tensors.items() if key.startswith(_MODEL_PREFIX)}
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(_TARGET_PREFIX):
+            index, name = key[len(_TARGET_PREFIX):].split(".", 1)
+            layers.setdefault(int(index), {})[name] = value
+    state: dict[str, Any] = {"model": model}
+    if layers:
+        state["target_batchnorm"] = [layers[index] for index in sorted(layers)]
+    return state
+
+
+def _load_torchscript(
+    experiment: Experiment, info: dict[str, Any], tokenizers: dict[str, str], path: Path, header: dict[str, Any],
+    domain: Domain, device: str | None, plugins: Plugins | None,
+) -> TrainedModel:
+    target = resolve_device(device or experiment.trainer.device)
+    try:
+        with _quiet_torchscript():
+            scripted = torch.jit.load(str(path), map_location=target)
+    except Exception as error:  # TorchScript's own errors on a damaged archive
+        raise CheckpointError(f"Cannot read {path}: {type(error).__name__}: {error}") from None
+    specs: dict[str, ModalitySpec] = {}
+    components = validate_components(experiment, plugins or get_plugins(), only=("data.tokenizer",)) \
+        if tokenizers else {}
+    for name, (kind, shape) in info["modalities"].items():
+        if kind == "text":
+            tokenizer = tokenizer_for(components["data.tokenizer"], [], name, tokenizers[name])
+            specs[name] = ModalitySpec(name, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
+        else:
+            specs[name] = ModalitySpec(name, kind, shape=shape)
+    return TrainedModel(experiment, scripted.eval(), specs, info["classes"], target, header, traced_domain=domain)
+

@@ -1,0 +1,204 @@
+"""Using a trained model: predict on files, texts and manifests, evaluate on other data, and a run directory that
+keeps working after it is moved and its training data deleted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import transmodal
+from transmodal.cli import main
+from transmodal.datasets.export import export_synthetic_shapes
+from transmodal.builtin.datasets import SyntheticShapesParams
+from transmodal.errors import InputError
+
+pytest.importorskip("PIL")
+
+
+def _manifest_run(root: Path) -> tuple[Path, Path]:
+    """A 1-epoch image + caption run trained from exported synthetic-shapes files; returns (run, data folder)."""
+    data = root / "data"
+    export_synthetic_shapes(data, SyntheticShapesParams(train_size=96, val_size=40, target_train_size=32,
+                                                        target_test_size=40))
+    experiment = {
+        "name": "manifest",
+        "data": {"dataset": {"name": "manifest", "path": str(data / "manifest.csv"),
+                             "modalities": {"image": {"kind": "image", "column": "path"},
+                                            "text": {"kind": "text", "column": "caption"}},
+                             "domain": {"column": "domain", "source": ["source"], "target": ["target"]},
+                             "split": "split", "image_size": 32, "num_workers": 1}},
+        "model": {"encoders": {"image": {"name": "small-cnn", "channels": [8, 16]},
+                               "text": {"name": "bow", "embedding_dim": 16}},
+                  "fusion": {"name": "concat", "hidden": 32}},
+        "adaptation": [{"name": "dann"}],
+        "trainer": {"epochs": 1, "batch_size": 32, "num_threads": 1, "device": "cpu"},
+        "output": {"dir": str(root / "runs")},
+    }
+    _, run_dir = transmodal.train(experiment, quiet=True)
+    return run_dir, data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("predict")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSMODAL_CACHE_DIR", str(root / "cache"))
+        return _manifest_run(root)
+
+
+def _rows(manifest: Path) -> list[dict[str, str]]:
+    with manifest.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_predict_agrees_with_the_trainers_evaluation_of_the_same_samples(trained, tmp_path):
+    run_dir, data = trained
+    metrics, _ = transmodal.evaluate_run(run_dir, detailed=True)
+    val_rows = [row for row in _rows(data / "manifest.csv") if row["domain"] == "source" and row["split"] == "val"]
+    subset = _write(data / "source-val.csv", val_rows)
+    model = transmodal.load(run_dir)
+    records = model.predict(subset, top_k=len(model.classes))
+    confusion = torch.zeros(len(model.classes), len(model.classes), dtype=torch.int64)
+    for row, record in zip(val_rows, records):
+        confusion[model.classes.index(row["label"]), model.classes.index(record["prediction"])] += 1
+        assert abs(sum(entry["probability"] for entry in record["top_k"]) - 1) < 1e-5
+    assert confusion.tolist() == metrics["source/val"]["confusion"]
+    assert sum(metrics["source/val"]["per_class"][c]["support"] for c in model.classes) == len(val_rows)
+
+
+def test_predict_reads_files_folders_texts_and_writes_csv_or_jsonl(trained, tmp_path, capsys):
+    run_dir, data = trained
+    images = sorted((data / "images" / "source-val").glob("*.png"))[:3]
+    assert main(["predict", str(run_dir), *map(str, images), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "input,prediction,probability,class_2,probability_2"
+    assert [line.split(",")[0] for line in lines[1:]] == [str(image) for image in images]
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    model = transmodal.load(run_dir)
+    by_folder = model.predict(folder)
+    by_files = model.predict(images)
+    assert [r["probability"] for r in by_folder] == [r["probability"] for r in by_files]
+    # Batched or not, the same predictions.
+    assert [r["probability"] for r in model.predict(images, batch_size=1)] == pytest.approx(
+        [r["probability"] for r in by_files], abs=1e-6)
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a calm red circle\n\nsomething angry at the top\n")
+    output = tmp_path / "out.jsonl"
+    assert main(["predict", str(run_dir), str(texts), "--output", str(output)]) == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["input"] for r in records] == [f"{texts}:1", f"{texts}:3"]
+    direct = model.predict(["a calm red circle", "something angry at the top"])
+    assert [{**r, "input": None} for r in records] == [{**r, "input": None} for r in direct]
+
+
+def test_missing_modalities_are_absent_not_zero_filled_inputs(trained):
+    run_dir, _ = trained
+    model = transmodal.load(run_dir)
+    text_only = model.predict(["a calm red circle"], top_k=len(model.classes))[0]
+    through_mapping = model.predict({"text": ["a calm red circle"], "image": [None]}, top_k=len(model.classes))[0]
+    assert text_only["top_k"] == through_mapping["top_k"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["{data}/not-there.png"], "No image file"),
+    (["{bad}"], "Cannot decode"),
+    (["hello", "--modality", "caption"], "--modality caption: the model's modalities are image (image), text"),
+    (["{data}/images", "--modality", "text"], "the inputs are image but modality 'text' takes text"),
+    (["{data}/../empty.csv"], "holds no rows"),
+])
+def test_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys, arguments, message):
+    run_dir, data = trained
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    (data.parent / "empty.csv").write_text("image,text\n")
+    filled = [a.format(data=data, bad=bad) for a in arguments]
+    assert main(["predict", str(run_dir), *filled]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_moved_run_without_its_training_data_evaluates_predicts_and_exports(trained, tmp_path):
+    run_dir, data = trained
+    moved_data = tmp_path / "new-data"
+    shutil.copytree(data, moved_data)
+    moved = tmp_path / "elsewhere" / run_dir.name
+    shutil.copytree(run_dir, moved)
+    labelled = _write(moved_data / "labelled.csv", [r for r in _rows(moved_data / "manifest.csv") if r["label"]])
+    original = transmodal.load(run_dir).predict(labelled)
+    hidden = data.rename(data.parent / "data-hidden")  # the training data is gone ...
+    try:
+        assert main(["evaluate", str(moved), "--data", str(labelled), "--json"]) == 0
+        assert transmodal.load(moved).predict(labelled) == original
+        assert main(["export", str(moved), "--output", str(tmp_path / "bundle")]) == 0
+        assert transmodal.load(tmp_path / "bundle").predict(labelled) == original
+        # ... and the run's own splits, which live in that data, say so instead of failing deep inside
+        assert main(["evaluate", str(moved)]) != 0
+    finally:
+        hidden.rename(data)
+
+
+def test_evaluate_data_reports_per_class_metrics_and_refuses_unknown_labels(trained, tmp_path, capsys):
+    run_dir, data = trained
+    rows = [row for row in _rows(data / "manifest.csv") if row["label"]]
+    for row in rows:
+        row["path"] = str(data / row["path"])
+    manifest = _write(tmp_path / "labelled.csv", rows)
+    assert main(["evaluate", str(run_dir), "--data", str(manifest), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    metrics = result["metrics"]["labelled.csv"]
+    assert metrics["samples"] == len(rows)
+    assert sum(map(sum, metrics["confusion"])) == len(rows)
+    assert set(metrics["per_class"]) == set(transmodal.load(run_dir).classes)
+
+    rows[0]["label"] = "purple elephant"
+    _write(manifest, rows)
+    assert main(["evaluate", str(run_dir), "--data", str(manifest)]) == 2
+    assert "purple elephant are not among the model's classes" in capsys.readouterr().err
+
+
+def test_evaluate_data_from_a_config_matches_the_run_on_its_own_dataset(trained):
+    run_dir, _ = trained
+    from transmodal.evaluate_data import evaluate_on
+
+    own, _ = transmodal.evaluate_run(run_dir)
+    other, _ = evaluate_on(run_dir, run_dir / "config.yaml")
+    for split, metrics in own.items():
+        assert other[split]["accuracy"] == pytest.approx(metrics["accuracy"])
+        assert other[split]["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+def test_config_yaml_records_every_component_parameter_with_its_default(trained):
+    import yaml
+
+    run_dir, _ = trained
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["fusion"]["batchnorm"] is False  # concat's default, not given in the experiment
+    assert config["adaptation"][0]["weight"] == 1.0  # dann's default
+    assert config["data"]["dataset"]["on_missing"] == "error"
+    assert config["data"]["tokenizer"]["max_length"] > 0
+    # and it loads back as the same experiment
+    assert transmodal.load_experiment(run_dir / "config.yaml").model.fusion.params["hidden"] == 32
+
+
+def test_python_api_refuses_a_wrong_modality_name(trained):
+    run_dir, _ = trained
+    with pytest.raises(InputError, match="no modality caption"):
+        transmodal.load(run_dir).predict({"caption": ["hello"]})
