@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -69,21 +70,34 @@ class World:
             for tensor, mean in zip(tensors, flat.split([t.numel() for t in tensors])):
                 tensor.copy_(mean.view_as(tensor))
 
+    # Objects travel as pickled bytes in uint8 tensors: torch's own broadcast_object_list and all_gather_object
+    # go through NumPy, which the core does not depend on (they fail with "Numpy is not available" without it).
+
     def from_main(self, value: T) -> T:
         """Rank 0's ``value`` on every rank."""
         if not self.distributed:
             return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        wire = _wire_device()
+        data = _pickled(value).to(wire)
+        size = torch.tensor([len(data)], dtype=torch.int64, device=wire)
+        dist.broadcast(size, src=0)
+        if not self.is_main:
+            data = torch.empty(int(size.item()), dtype=torch.uint8, device=wire)
+        dist.broadcast(data, src=0)
+        return pickle.loads(bytes(data.cpu().tolist()))
 
     def gather(self, value: T) -> list[T]:
         """Every rank's ``value``, in rank order, on every rank."""
         if not self.distributed:
             return [value]
-        values: list[Any] = [None] * self.world_size
-        dist.all_gather_object(values, value)
-        return values
+        wire = _wire_device()
+        data = _pickled(value).to(wire)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=wire) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64, device=wire))
+        longest = max(int(size.item()) for size in sizes)
+        padded = [torch.empty(longest, dtype=torch.uint8, device=wire) for _ in range(self.world_size)]
+        dist.all_gather(padded, torch.cat([data, data.new_zeros(longest - len(data))]))
+        return [pickle.loads(bytes(chunk[:int(size.item())].cpu().tolist())) for chunk, size in zip(padded, sizes)]
 
     def device(self, device: torch.device) -> torch.device:
         """The device this rank trains on: under torchrun each process takes the GPU of its local rank."""
@@ -96,6 +110,17 @@ class World:
 
 
 SINGLE = World()
+
+
+def _pickled(value: Any) -> torch.Tensor:
+    return torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
+
+
+def _wire_device() -> torch.device:
+    """Where collective tensors must live: NCCL moves only CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def launched_world() -> World:
