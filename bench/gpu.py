@@ -12,10 +12,10 @@ Variants (steps alternate in blocks, so a busy moment falls on every variant ali
   which the trainer fuses on CUDA); its batches come from the trainer's loader and are copied to the GPU per step.
 - trainer_fp16: `precision: fp16`, the trainer's GradScaler (CUDA only; skipped on the CPU).
 - trainer_fp32: no autocast.
+- trainer_bf16_compiled: trainer_bf16 with `trainer.compile: true` (torch.compile; compiled during the warm-up).
 The matmul rate is measured here, on this GPU: bf16 (8192 x 8192) products in a loop; the model's floating-point
 operations per step are counted once with torch.utils.flop_counter. The last line is one JSON object with
 images/s per variant, the trainer/hand-written ratio and each variant's fraction of the measured matmul rate.
-`trainer.compile` (torch.compile) is not measured: the trainer has no such option yet.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def trainer_for(args: argparse.Namespace, plugins: Plugins, precision: str) -> Trainer:
+def trainer_for(args: argparse.Namespace, plugins: Plugins, precision: str, compiled: bool = False) -> Trainer:
     raw = {
         "name": "bench-gpu",
         "data": {"dataset": {"name": "bench-random-images", "size": args.batch_size * args.steps, "image_size": 32},
@@ -70,7 +70,7 @@ def trainer_for(args: argparse.Namespace, plugins: Plugins, precision: str) -> T
         "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
         "schedule": {"name": "constant"},
         "trainer": {"batch_size": args.batch_size, "device": args.device, "precision": precision,
-                    "log_every": 1_000_000},
+                    "compile": compiled, "log_every": 1_000_000},
     }
     torch.manual_seed(0)
     return Trainer(transmodal.assemble(transmodal.Experiment.model_validate(raw), plugins), quiet=True)
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--matmul-size", type=int, default=8192)
+    parser.add_argument("--no-compile", action="store_true", help="leave out trainer.compile (slow to compile on CPUs)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -131,6 +132,8 @@ def main() -> None:
 
     precisions = ["bf16", "fp32"] + (["fp16"] if device.type == "cuda" else [])
     trainers = {f"trainer_{precision}": trainer_for(args, plugins, precision) for precision in precisions}
+    if not args.no_compile:
+        trainers["trainer_bf16_compiled"] = trainer_for(args, plugins, "bf16", compiled=True)
     loader = trainers["trainer_bf16"].data.train
     hand = HandWritten(loader.columns["image"], loader.columns["label"], args.batch_size, device)
     variants: dict[str, tuple[Callable, Iterator]] = {"hand_written_bf16": (hand.step, hand.batches())}
@@ -161,6 +164,8 @@ def main() -> None:
         "images_per_s": {name: round(value * args.batch_size, 1) for name, value in median.items()},
         "fraction_of_matmul_rate": {name: round(value * flops / peak, 4) for name, value in median.items()},
         "trainer_over_hand_written_bf16": round(median["trainer_bf16"] / median["hand_written_bf16"], 3),
+        **({"compile_speedup_bf16": round(median["trainer_bf16_compiled"] / median["trainer_bf16"], 3)}
+           if "trainer_bf16_compiled" in median else {}),
     }))
 
 

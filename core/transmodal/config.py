@@ -176,6 +176,9 @@ class TrainerConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="{patience: N}: stop when the run's validator has not improved for N epochs; best.pt "
                           "keeps the best epoch. Default: train every epoch.")
+    compile: bool = Field(False, description="torch.compile the model in place (nn.Module.compile: parameter names "
+                          "and checkpoints stay as they are); the first steps, and each new input shape, pay the "
+                          "compilation.")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
 

@@ -96,6 +96,8 @@ class Trainer:
         self.model = assembled.model.to(self.device)
         if world.distributed and self.config.sync_batchnorm:  # before anything keeps a reference to a layer
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if self.config.compile:
+            self.model.compile()
         self._shard_data()
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = self.steps_per_epoch * self.config.epochs
