@@ -48,7 +48,7 @@ def test_a_run_writes_its_directory(tiny):
 
 
 def test_summary_keeps_the_final_evaluation_per_class(tiny):
-    summary, run_dir = transmodal.train(tiny(), quiet=True)
+    _, run_dir = transmodal.train(tiny(), quiet=True)
     classes = json.loads((run_dir / "model.json").read_text())["classes"]
     last = read_metrics(run_dir)[-1]
     for split in ("source/val", "target/test"):

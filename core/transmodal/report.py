@@ -161,8 +161,8 @@ def _run_page(run: Run, evaluation: _Evaluation, plots: ModuleType, folder: Path
              ("epochs", summary.get("epochs", run.records[-1]["epoch"])), ("steps", summary.get("steps")),
              ("checkpoint selected by", summary.get("selected_by")), ("best epoch", summary.get("best_epoch"))]
     if "stopped_early" in summary:
-        facts.append(("stopped early", f"epoch {summary['stopped_early']['epoch']} "
-                                       f"(patience {summary['stopped_early']['patience']})"))
+        stopped = summary["stopped_early"]
+        facts.append(("stopped early", f"epoch {stopped['epoch']} (patience {stopped['patience']})"))
     parts = [f"<h1>{_text(run.label)}</h1>", _table([], [f for f in facts if f[1] is not None]),
              "<h2>Metrics</h2>", _metrics_table([run], by_run=False)]
     parts.append("<h2>Curves</h2>")
@@ -193,8 +193,8 @@ def _run_page(run: Run, evaluation: _Evaluation, plots: ModuleType, folder: Path
         plots.confusion_matrix(metrics["confusion"], classes, split, folder / name)
         rows = [[c, *(_number(v[key]) for key in ("precision", "recall", "f1")), v["support"]]
                 for c, v in metrics["per_class"].items()]
-        parts += [f"<h3>{_text(split)}: accuracy {_number(metrics['accuracy'])}, macro-F1 "
-                  f"{_number(metrics['macro_f1'])}</h3>", _image(name, f"confusion matrix, {split}"),
+        heading = f"{split}: accuracy {_number(metrics['accuracy'])}, macro-F1 {_number(metrics['macro_f1'])}"
+        parts += [f"<h3>{_text(heading)}</h3>", _image(name, f"confusion matrix, {split}"),
                   _table(["class", "precision", "recall", "F1", "support"], rows)]
     return "\n".join(parts)
 
@@ -248,8 +248,8 @@ def _comparison_page(runs: Sequence[Run], plots: ModuleType, folder: Path) -> st
     if validators:
         rows = [[name, *(_pick(run, name) for run in runs)] for name in validators]
         rows.append(["oracle", *(_oracle_epoch(run) for run in runs)])
-        parts += ["<h2>Label-free validators</h2><p>The epoch each would pick (regret: the oracle's "
-                  f"{ORACLE_SPLIT} accuracy minus the accuracy there).</p>",
+        note = f"The epoch each would pick (regret: the oracle's {ORACLE_SPLIT} accuracy minus the accuracy there)."
+        parts += ["<h2>Label-free validators</h2>", f"<p>{_text(note)}</p>",
                   _table(["validator", *(run.label for run in runs)], rows)]
     return "\n".join(parts)
 
