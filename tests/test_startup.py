@@ -1,4 +1,5 @@
-"""The listing and validation commands start without importing torch (it costs seconds on every call)."""
+"""The listing and validation commands start without importing torch (it costs seconds on every call), and none
+imports matplotlib (only ``report`` draws, when it runs)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ with contextlib.redirect_stdout(io.StringIO()):
         code = main(sys.argv[1:])
     except SystemExit as exit:  # --help
         code = exit.code
-print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy" in sys.modules}))
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy" in sys.modules,
+                  "matplotlib": "matplotlib" in sys.modules}))
 """
 
 
 @pytest.mark.parametrize("args", [
     ["--help"],
+    ["report", "--help"],
     ["components"],
     ["components", "fusion", "c*"],
     ["plugins"],
@@ -35,7 +38,7 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy
 def test_command_does_not_import_torch(args: list[str]):
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"code": 0, "torch": False, "numpy": False}, result.stderr
+    assert report == {"code": 0, "torch": False, "numpy": False, "matplotlib": False}, result.stderr
 
 
 def test_python_dash_m_runs_the_cli():

@@ -135,6 +135,9 @@ def _training_problems(state: dict[str, Any]) -> list[str]:
             isinstance(position, dict) and _is(position.get("batch"), int) and isinstance(position.get("totals"), dict)
             and all(isinstance(total, torch.Tensor) for total in position["totals"].values())):
         problems.append("'position' should hold the batches done in its epoch and the epoch's loss sums")
+    details = state.get("final_details", {})  # absent before summary.json had per-class metrics
+    if not (isinstance(details, dict) and all(isinstance(split, dict) for split in details.values())):
+        problems.append("'final_details' should map evaluation splits to their per-class metrics")
     return problems
 
 

@@ -1,7 +1,7 @@
 """The ``transmodal`` command line. Exit status: 0 success, 2 usage or config error (a wrong path too), 1 failure
 while running, 130 interrupted.
 
-Only the commands that train, evaluate, predict or export import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
+Only the commands that train, evaluate, predict, export or report import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
 in a fraction of torch's own import time.
 """
 
@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     export_model.add_argument("--domain", choices=["source", "target"], default="source",
                               help="torchscript: whose BatchNorm statistics are traced in")
     export_model.add_argument("--checkpoint", choices=["best", "last"], default="best")
+
+    report = commands.add_parser(
+        "report", help="an HTML report of a run (curves, confusion matrices, validators), or of several compared",
+        description='Writes report.html and its PNG figures; needs matplotlib (pip install "transmodal[report]").')
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="one run, or several to compare")
+    report.add_argument("--output", type=Path, metavar="DIR",
+                        help="the report's folder (default: the first RUN_DIR's report/, replaced)")
 
     plugins = commands.add_parser("plugins", help="installed plugins, what they register, and failures")
     plugins.add_argument("--json", action="store_true")
@@ -276,6 +283,14 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_report(args: argparse.Namespace) -> int:
+    from transmodal.report import write_report
+
+    page = write_report([_existing_run_dir(path) for path in args.run_dirs], args.output)
+    print(f"report: {page}")
+    return EXIT_OK
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from transmodal.plugins import get_plugins
 
@@ -413,6 +428,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "predict": _predict,
     "export": _export,
+    "report": _write_report,
     "plugins": _plugins,
     "components": _components,
     "config": _config,

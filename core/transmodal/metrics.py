@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+DETAILS = ("per_class", "confusion")  # what ``compute`` adds given the class names
+
+
 
 class ClassificationMeter:
     """Summed loss and a confusion matrix; ``compute`` gives loss, accuracy and macro-F1."""

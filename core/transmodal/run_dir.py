@@ -113,6 +113,16 @@ def keep_metrics_until(run_dir: Path, epochs_done: int) -> tuple[int, Path]:
     return len(damaged), damaged_path
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records of ``metrics.jsonl`` in order, without the lines that are not records (see
+    ``keep_metrics_until``); none when the file is missing."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    records = (_record(line) for line in path.read_bytes().split(b"\n") if line.strip())
+    return [record for record in records if record is not None]
+
+
 def _record(line: bytes) -> dict[str, Any] | None:
     """One epoch's record, or None for a line that is not one."""
     try:

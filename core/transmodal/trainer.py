@@ -27,7 +27,7 @@ from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from transmodal.experiment import Assembled
-from transmodal.metrics import ClassificationMeter
+from transmodal.metrics import DETAILS, ClassificationMeter
 from transmodal.model import ModelOutput
 from transmodal.optim import build_optimizer, build_scheduler
 from transmodal.selection import build_panel, panel_choices, score_panel
@@ -135,6 +135,9 @@ class Trainer:
         self.epoch = 0
         self.best: dict[str, Any] = {"value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
+        # The latest evaluation's per-class metrics and confusion matrices, by split, for summary.json: kept out of
+        # metrics.jsonl and the history (they would grow with every epoch), checkpointed so a resume keeps them.
+        self.final_details: dict[str, dict[str, Any]] = {}
         # Where a mid-epoch checkpoint stood (batches done, the epoch's loss sums so far), until training reaches it.
         self.position: dict[str, Any] | None = None
         self._last_checkpoint = time.monotonic()
@@ -196,7 +199,10 @@ class Trainer:
             self._average_batchnorm_statistics()
             samples += epoch_samples * self.world.world_size
             context = self._validation_context()
-            evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context))
+            evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context),
+                                       detailed=True)
+            self.final_details = {name: {key: metrics.pop(key) for key in DETAILS if key in metrics}
+                                  for name, metrics in evaluation.items()}
             context.metrics = evaluation
             self.epoch = epoch + 1
             improved, scores = self._update_best(context)
@@ -541,6 +547,7 @@ class Trainer:
             ],
             "best": dict(self.best),
             "history": self.history,
+            "final_details": self.final_details,
             "rng": rng,
             "position": position,
             "world_size": self.world.world_size,
@@ -570,6 +577,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = dict(state["best"])
         self.history = list(state["history"])
+        self.final_details = dict(state.get("final_details", {}))
         self.position = state.get("position")  # absent from checkpoints written before step checkpoints
 
     def load_weights(self, state: dict[str, Any]) -> None:
@@ -594,7 +602,7 @@ class Trainer:
             "selected_by_oracle": self.validator.oracle,
             "best_epoch": best_epoch,
             "best": {s: best[s] for s in splits if s in best},
-            "final": {s: final[s] for s in splits if s in final},
+            "final": {s: {**final[s], **self.final_details.get(s, {})} for s in splits if s in final},
         }
         if "target/test" in splits and self.history:
             oracle = max(self.history, key=lambda r: r["target/test"]["accuracy"])

@@ -1,0 +1,331 @@
+"""``transmodal report``: one HTML page with PNG figures for a run, or comparing several runs.
+
+For one run: loss and accuracy per split over the epochs, the strategies' loss terms and logged metrics, the epoch
+each label-free validator would pick beside the oracle's, and the confusion matrix and per-class metrics of the best
+checkpoint on every evaluation split. ``metrics.jsonl`` and ``summary.json`` hold the rest, but the run keeps no
+confusion matrix of its best epoch, so ``best.pt`` is evaluated again. For several runs: their curves overlaid and a
+table of their best and final metrics and validator picks (nothing is evaluated).
+
+The page and its figures are written into a temporary folder beside the destination and renamed into place, so a
+reader never sees half a report. The figures need matplotlib, an optional extra (``transmodal[report]``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from transmodal.errors import ConfigError, TransmodalError
+from transmodal.run_dir import read_metrics
+
+PAGE = "report.html"
+INSTALL_HINT = 'pip install "transmodal[report]"'
+ORACLE_SPLIT = "target/test"  # the split whose labels the oracle epoch is chosen on (see selection.py)
+
+Panels = dict[str, dict[str, list[tuple[float, float]]]]  # panel title -> line label -> (epoch, value) points
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    label: str
+    records: list[dict[str, Any]]  # metrics.jsonl, one per epoch
+    summary: dict[str, Any]  # summary.json; empty while the run has none (still training, or stopped)
+
+    @property
+    def splits(self) -> list[str]:
+        """The evaluation splits, in the order the run records them."""
+        return [key for key, value in self.records[-1].items() if isinstance(value, dict) and "accuracy" in value]
+
+    def curve(self, section: str, key: str) -> list[tuple[float, float]]:
+        return [(record["epoch"], record[section][key]) for record in self.records
+                if key in record.get(section, {})]
+
+    def train_keys(self, prefix: str) -> list[str]:
+        """The names under ``prefix`` ("loss/", "metric/") that any epoch's train record holds."""
+        keys = (key for record in self.records for key in record["train"] if key.startswith(prefix))
+        return [key.removeprefix(prefix) for key in dict.fromkeys(keys)]
+
+
+def write_report(run_dirs: Sequence[Path], output: Path | None = None) -> Path:
+    """Write the report of ``run_dirs`` (one: its own page; several: a comparison) into ``output``, by default
+    the first run's ``report/`` folder, which a new report replaces; returns the page's path."""
+    plots = _plots()
+    runs = [_read_run(path, label) for path, label in zip(run_dirs, _labels(run_dirs))]
+    output = _destination(output or run_dirs[0] / "report")
+    evaluation = _best_evaluation(runs[0]) if len(runs) == 1 else None
+    temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        body = (_run_page(runs[0], evaluation, plots, temporary) if evaluation is not None
+                else _comparison_page(runs, plots, temporary))
+        (temporary / PAGE).write_text(_document(body), encoding="utf-8")
+        temporary.chmod(0o755)  # mkdtemp's folder is private; a report is made to be read
+        _replace(output, temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return output / PAGE
+
+
+def _plots() -> ModuleType:
+    # matplotlib is looked for on every call: report_plots may have been imported before it became unavailable.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"transmodal report draws its figures with matplotlib, which is not installed: "
+                          f"{INSTALL_HINT}") from None
+    from transmodal import report_plots
+
+    return report_plots
+
+
+def _labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Each run's folder name, or its whole path where two runs share a name."""
+    names = [path.name or str(path) for path in run_dirs]
+    return [name if names.count(name) == 1 else str(path) for name, path in zip(names, run_dirs)]
+
+
+def _read_run(path: Path, label: str) -> Run:
+    records = read_metrics(path)
+    if not records:
+        raise ConfigError(f"{path} has no epoch recorded in metrics.jsonl: not a run directory, or one that has "
+                          f"not finished its first epoch")
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent while training; the curves do without it
+        summary = {}
+    return Run(path, label, records, summary if isinstance(summary, dict) else {})
+
+
+def _destination(output: Path) -> Path:
+    """``output``, checked before anything is evaluated: a new folder, or a previous report to replace."""
+    output = output.expanduser()
+    if not output.parent.is_dir():
+        raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; choose a folder")
+    if output.is_dir() and any(output.iterdir()) and not (output / PAGE).is_file():
+        raise ConfigError(f"--output {output} is a folder that holds no report (no {PAGE}), so it is not "
+                          f"replaced; choose a new folder")
+    return output
+
+
+def _replace(output: Path, temporary: Path) -> None:
+    """Put the finished report at ``output``, the previous one aside first and then removed."""
+    if not output.exists():
+        temporary.rename(output)
+        return
+    previous = Path(tempfile.mkdtemp(prefix=f".{output.name}.previous.", dir=output.parent))
+    output.rename(previous / output.name)
+    temporary.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    metrics: dict[str, dict[str, Any]]  # by split, with per_class and confusion
+    caption: str
+
+
+def _best_evaluation(run: Run) -> _Evaluation:
+    """The best checkpoint on every evaluation split, per class; where it cannot be evaluated (the dataset moved,
+    a plugin is missing), the final epoch's from summary.json, saying why."""
+    from transmodal.run import evaluate_run
+
+    try:
+        metrics, header = evaluate_run(run.path, "best", detailed=True)
+        return _Evaluation(metrics, f"best checkpoint (epoch {header['epoch']}, selected by "
+                                    f"{header['selected_by']}), evaluated again")
+    except TransmodalError as error:
+        print(f"transmodal report: the best checkpoint could not be evaluated ({error}); the confusion matrices "
+              f"are the final epoch's, from summary.json", file=sys.stderr)
+        final = {split: metrics for split, metrics in run.summary.get("final", {}).items() if "confusion" in metrics}
+        return _Evaluation(final, f"final epoch, from summary.json: the best checkpoint could not be evaluated "
+                                  f"({error})")
+
+
+# -- pages ---------------------------------------------------------------------------------------------------
+
+
+def _run_page(run: Run, evaluation: _Evaluation, plots: ModuleType, folder: Path) -> str:
+    summary = run.summary
+    facts = [("run directory", str(run.path)), ("experiment", summary.get("name")),
+             ("epochs", summary.get("epochs", run.records[-1]["epoch"])), ("steps", summary.get("steps")),
+             ("checkpoint selected by", summary.get("selected_by")), ("best epoch", summary.get("best_epoch"))]
+    if "stopped_early" in summary:
+        stopped = summary["stopped_early"]
+        facts.append(("stopped early", f"epoch {stopped['epoch']} (patience {stopped['patience']})"))
+    parts = [f"<h1>{_text(run.label)}</h1>", _table([], [f for f in facts if f[1] is not None]),
+             "<h2>Metrics</h2>", _metrics_table([run], by_run=False)]
+    parts.append("<h2>Curves</h2>")
+    splits = run.splits
+    panels: list[tuple[str, Panels, str]] = [
+        ("loss.png", {"loss": {"train": run.curve("train", "loss"),
+                               **{split: run.curve(split, "loss") for split in splits}}}, "loss"),
+        ("accuracy.png", {"accuracy": {split: run.curve(split, "accuracy") for split in splits},
+                          "macro-F1": {split: run.curve(split, "macro_f1") for split in splits}}, "score"),
+    ]
+    terms = run.train_keys("loss/")
+    if terms != ["task"]:  # a strategy adds terms; alone, "task" is the loss already drawn
+        panels.append(("loss-terms.png", {"train loss terms": {t: run.curve("train", f"loss/{t}") for t in terms}},
+                       "loss"))
+    metrics = run.train_keys("metric/")
+    if metrics:  # scales differ, so a panel each
+        panels.append(("strategy-metrics.png", {m: {m: run.curve("train", f"metric/{m}")} for m in metrics},
+                       "value"))
+    parts += [_figure(plots, folder, name, figure_panels, ylabel) for name, figure_panels, ylabel in panels]
+    parts.append(_validators_section(run, plots, folder))
+    parts.append(f"<h2>Confusion matrices</h2><p>{_text(evaluation.caption)}; rows: true class, columns: predicted "
+                 f"class, colour: share of the true class.</p>")
+    if not evaluation.metrics:
+        parts.append("<p>None available.</p>")
+    for split, metrics in evaluation.metrics.items():
+        name = f"confusion-{_slug(split)}.png"
+        classes = list(metrics["per_class"])
+        plots.confusion_matrix(metrics["confusion"], classes, split, folder / name)
+        rows = [[c, *(_number(v[key]) for key in ("precision", "recall", "f1")), v["support"]]
+                for c, v in metrics["per_class"].items()]
+        heading = f"{split}: accuracy {_number(metrics['accuracy'])}, macro-F1 {_number(metrics['macro_f1'])}"
+        parts += [f"<h3>{_text(heading)}</h3>", _image(name, f"confusion matrix, {split}"),
+                  _table(["class", "precision", "recall", "F1", "support"], rows)]
+    return "\n".join(parts)
+
+
+def _validators_section(run: Run, plots: ModuleType, folder: Path) -> str:
+    choices = run.summary.get("validators", {}).get("by_validator", {})
+    if not choices:
+        return ""
+    oracle = run.summary.get("oracle", {}).get("epoch")
+    rows = [[name, c["epoch"], _number(c.get(f"{ORACLE_SPLIT} accuracy")), _number(c.get("regret"))]
+            for name, c in choices.items()]
+    if oracle is not None:
+        rows.append(["oracle (target labels: an upper bound)", oracle,
+                     _number(run.summary["oracle"][ORACLE_SPLIT]["accuracy"]), _number(0.0)])
+    oracle_mark = [(oracle, f"oracle, epoch {oracle}", ":")] if oracle is not None else []
+    scores = {name: {"score": run.curve("validators", name)} for name in choices}
+    marks = {name: [(c["epoch"], f"picks epoch {c['epoch']}", "--"), *oracle_mark] for name, c in choices.items()}
+    if ORACLE_SPLIT in run.splits:
+        scores[f"{ORACLE_SPLIT} accuracy"] = {ORACLE_SPLIT: run.curve(ORACLE_SPLIT, "accuracy")}
+        marks[f"{ORACLE_SPLIT} accuracy"] = oracle_mark
+    return "\n".join([
+        "<h2>Label-free validators</h2>",
+        f"<p>{_text(run.summary['validators'].get('note', ''))}.</p>",
+        _table(["validator", "epoch it picks", f"{ORACLE_SPLIT} accuracy there", "regret"], rows),
+        _figure(plots, folder, "validators.png", scores, "score", marks),
+    ])
+
+
+def _comparison_page(runs: Sequence[Run], plots: ModuleType, folder: Path) -> str:
+    splits = list(dict.fromkeys(split for run in runs for split in run.splits))
+    terms = list(dict.fromkeys(term for run in runs for term in run.train_keys("loss/")))
+    metrics = list(dict.fromkeys(m for run in runs for m in run.train_keys("metric/")))
+    figures: list[tuple[str, Panels, str]] = [
+        ("loss.png", {"train": {run.label: run.curve("train", "loss") for run in runs},
+                      **{split: _by_run(runs, split, "loss") for split in splits}}, "loss"),
+        ("accuracy.png", {split: _by_run(runs, split, "accuracy") for split in splits}, "accuracy"),
+    ]
+    if terms != ["task"]:
+        figures.append(("loss-terms.png", {t: _by_run(runs, "train", f"loss/{t}") for t in terms}, "loss"))
+    if metrics:
+        figures.append(("strategy-metrics.png", {m: _by_run(runs, "train", f"metric/{m}") for m in metrics},
+                        "value"))
+    parts = [f"<h1>{len(runs)} runs compared</h1>",
+             _table(["run", "run directory", "experiment", "epochs", "checkpoint selected by"],
+                    [[r.label, str(r.path), r.summary.get("name"), r.records[-1]["epoch"],
+                      r.summary.get("selected_by")] for r in runs]),
+             "<h2>Metrics</h2>", _metrics_table(runs, by_run=True), "<h2>Curves</h2>",
+             *(_figure(plots, folder, name, panels, ylabel) for name, panels, ylabel in figures)]
+    validators = list(dict.fromkeys(name for run in runs
+                                    for name in run.summary.get("validators", {}).get("by_validator", {})))
+    if validators:
+        rows = [[name, *(_pick(run, name) for run in runs)] for name in validators]
+        rows.append(["oracle", *(_oracle_epoch(run) for run in runs)])
+        note = f"The epoch each would pick (regret: the oracle's {ORACLE_SPLIT} accuracy minus the accuracy there)."
+        parts += ["<h2>Label-free validators</h2>", f"<p>{_text(note)}</p>",
+                  _table(["validator", *(run.label for run in runs)], rows)]
+    return "\n".join(parts)
+
+
+def _by_run(runs: Iterable[Run], section: str, key: str) -> dict[str, list[tuple[float, float]]]:
+    return {run.label: run.curve(section, key) for run in runs}
+
+
+def _pick(run: Run, validator: str) -> str:
+    choice = run.summary.get("validators", {}).get("by_validator", {}).get(validator)
+    if choice is None:
+        return "–"
+    regret = f" (regret {_number(choice['regret'])})" if "regret" in choice else ""
+    return f"epoch {choice['epoch']}{regret}"
+
+
+def _oracle_epoch(run: Run) -> str:
+    oracle = run.summary.get("oracle")
+    return f"epoch {oracle['epoch']}" if oracle else "–"
+
+
+def _metrics_table(runs: Sequence[Run], by_run: bool) -> str:
+    """Best (the run's validator's epoch) and final metrics per split, and the oracle's where there is one."""
+    rows = []
+    for run in runs:
+        summary = run.summary
+        final = summary.get("final") or {s: run.records[-1][s] for s in run.splits}  # no summary yet: last epoch
+        for split in run.splits:
+            best = summary.get("best", {}).get(split, {})
+            oracle = summary.get("oracle", {}) if split == ORACLE_SPLIT else {}
+            rows.append([*([run.label] if by_run else []), split, summary.get("best_epoch"),
+                         _number(best.get("accuracy")), _number(best.get("macro_f1")),
+                         _number(final.get(split, {}).get("accuracy")), _number(final.get(split, {}).get("macro_f1")),
+                         _number(oracle.get(ORACLE_SPLIT, {}).get("accuracy")), oracle.get("epoch")])
+    headers = ["split", "best epoch", "best accuracy", "best macro-F1", "final accuracy", "final macro-F1",
+               "oracle accuracy", "oracle epoch"]
+    return _table(["run", *headers] if by_run else headers, rows)
+
+
+# -- HTML ----------------------------------------------------------------------------------------------------
+
+
+def _figure(plots: ModuleType, folder: Path, name: str, panels: Panels, ylabel: str,
+            marks: Mapping[str, Sequence[tuple[float, str, str]]] | None = None) -> str:
+    plots.line_panels(panels, folder / name, ylabel, marks)
+    return _image(name, ", ".join(panels))
+
+
+def _image(name: str, alt: str) -> str:
+    return f'<p><img src="{html.escape(name)}" alt="{html.escape(alt)}"></p>'
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = f"<tr>{''.join(f'<th>{_text(h)}</th>' for h in headers)}</tr>" if headers else ""
+    body = "".join("<tr>" + "".join(f"<td>{_text(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _text(value: Any) -> str:
+    return "–" if value is None else html.escape(str(value))
+
+
+def _number(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4f}"
+
+
+def _slug(split: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in split)
+
+
+_STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1500px; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; } td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; }
+th { background: #f3f3f3; } td { text-align: right; } td:first-child { text-align: left; }
+img { max-width: 100%; }"""
+
+
+def _document(body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>transmodal report</title>'
+            f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n")

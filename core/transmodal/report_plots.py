@@ -1,0 +1,73 @@
+"""The report's figures, drawn with matplotlib (the ``report`` extra) and saved as PNG files.
+
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot: no global figure state and no GUI backend,
+so drawing works on a headless machine and inside a process that already uses matplotlib interactively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+Curve = Sequence[tuple[float, float]]  # (epoch, value) points
+Mark = tuple[float, str, str]  # (epoch, label, line style): a vertical line across a panel
+
+_PANEL_WIDTH, _PANEL_HEIGHT = 4.8, 3.4  # inches
+_ANNOTATED_CLASSES = 30  # beyond this many classes a confusion matrix's cells are too small for their counts
+_LABELLED_CLASSES = 60  # ... and its axes too crowded for class names
+_DPI = 100
+
+
+def line_panels(panels: Mapping[str, Mapping[str, Curve]], path: Path, ylabel: str,
+                marks: Mapping[str, Sequence[Mark]] | None = None) -> None:
+    """One panel per entry of ``panels`` side by side, each with a line per labelled curve over epochs, and the
+    panel's ``marks``."""
+    marks = marks or {}
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(_PANEL_WIDTH * columns, _PANEL_HEIGHT * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    for ax, (title, curves) in zip(axes, panels.items()):
+        for label, points in curves.items():
+            epochs, values = zip(*points) if points else ((), ())
+            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        for index, (epoch, label, style) in enumerate(marks.get(title, ()), len(curves)):
+            ax.axvline(epoch, color=f"C{index}", linestyle=style, label=label)  # colours after the curves'
+
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.ticklabel_format(axis="y", useOffset=False)  # validator scores vary in their 5th digit
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.savefig(path, dpi=_DPI)
+
+
+def confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str, path: Path) -> None:
+    """Counts coloured by their share of the true class (so that rare classes show as clearly as common ones):
+    rows are true classes, columns predicted ones."""
+    size = len(classes)
+    side = min(max(4.0, 0.45 * size + 2), 24.0)
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = figure.subplots()
+    shares = [[count / max(1, sum(row)) for count in row] for row in confusion]
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=ax, label="share of the true class")
+    if size <= _ANNOTATED_CLASSES:
+        for i, row in enumerate(confusion):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", fontsize="small",
+                        color="white" if shares[i][j] > 0.5 else "black")
+    if size <= _LABELLED_CLASSES:
+        names = [name if len(name) <= 18 else name[:17] + "…" for name in classes]
+        ax.set_xticks(range(size), names, rotation=60, ha="right", fontsize="small")
+        ax.set_yticks(range(size), names, fontsize="small")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    figure.savefig(path, dpi=_DPI)

@@ -1,0 +1,104 @@
+"""``transmodal report``: a run's page, several runs compared, written whole, and its mistakes (exit status 2)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_experiment_dict
+from transmodal.api import train
+from transmodal.cli import main
+
+pytest.importorskip("matplotlib")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny runs, trained once for the module: DANN for 2 epochs, source-only for 1."""
+    root = tmp_path_factory.mktemp("report")
+    _, dann = train(tiny_experiment_dict(root, "output.name=dann"), quiet=True)
+    _, source_only = train(tiny_experiment_dict(root, "output.name=source-only", "trainer.epochs=1",
+                                                "adaptation=[]"), quiet=True)
+    return dann, source_only
+
+
+def images(page: Path) -> list[str]:
+    """The images the page shows, each checked to be a PNG file beside it."""
+    sources = re.findall(r'<img src="([^"]+)"', page.read_text(encoding="utf-8"))
+    for source in sources:
+        assert (page.parent / source).read_bytes()[:8] == PNG_SIGNATURE, source
+    return sources
+
+
+def test_report_of_one_run(runs: tuple[Path, Path], capsys: pytest.CaptureFixture):
+    run_dir = runs[0]
+    assert main(["report", str(run_dir)]) == 0
+    page = run_dir / "report" / "report.html"
+    assert f"report: {page}" in capsys.readouterr().out
+    assert set(images(page)) == {"loss.png", "accuracy.png", "loss-terms.png", "validators.png",
+                                 "confusion-source-val.png", "confusion-target-test.png"}
+    text = page.read_text(encoding="utf-8")
+    summary = (run_dir / "summary.json").read_text()
+    best_epoch = re.search(r'"best_epoch": (\d+)', summary).group(1)
+    assert f"best checkpoint (epoch {best_epoch}, selected by source-val" in text  # best.pt evaluated again
+    assert "<td>calm circle</td>" in text and "<td>dev</td>" in text and "oracle (target labels" in text
+
+    assert main(["report", str(run_dir)]) == 0  # a second report replaces the first, leaving nothing aside
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_several_runs_are_compared_on_one_page(runs: tuple[Path, Path], tmp_path: Path):
+    output = tmp_path / "comparison"
+    assert main(["report", *map(str, runs), "--output", str(output)]) == 0
+    page = output / "report.html"
+    assert set(images(page)) == {"loss.png", "accuracy.png", "loss-terms.png"}  # nothing evaluated
+    text = page.read_text(encoding="utf-8")
+    assert "2 runs compared" in text
+    for label in ("dann", "source-only"):
+        assert f"<tr><td>{label}</td><td>source/val</td>" in text and f"<th>{label}</th>" in text
+
+
+def test_best_checkpoint_that_cannot_be_evaluated_falls_back_to_the_final_epoch(
+        runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
+    run_dir = tmp_path / "moved"
+    run_dir.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):  # no checkpoints
+        (run_dir / name).write_bytes((runs[1] / name).read_bytes())
+    assert main(["report", str(run_dir)]) == 0
+    assert "could not be evaluated" in capsys.readouterr().err
+    page = run_dir / "report" / "report.html"
+    assert {"confusion-source-val.png", "confusion-target-test.png"} <= set(images(page))
+    assert "final epoch, from summary.json" in page.read_text(encoding="utf-8")
+
+
+def test_what_is_not_a_run_exits_2(runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main(["report", str(tmp_path)]) == 2
+    assert f"{tmp_path} is not a run directory (no config.yaml)" in capsys.readouterr().err
+    assert main(["report", str(runs[0]), str(tmp_path / "missing")]) == 2
+    assert f"No run directory {tmp_path / 'missing'}" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text((runs[0] / "config.yaml").read_text())
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no epoch recorded in metrics.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_folder_that_holds_no_report_is_not_replaced(runs: tuple[Path, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["report", str(runs[1]), "--output", str(tmp_path)]) == 2
+    assert "holds no report (no report.html)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_without_matplotlib_exits_2_with_the_install_hint(runs: tuple[Path, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["report", str(runs[1]), "--output", str(tmp_path / "report")]) == 2
+    assert 'pip install "transmodal[report]"' in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
