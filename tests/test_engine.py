@@ -273,3 +273,13 @@ def test_without_early_stopping_every_epoch_trains(tiny, monkeypatch):
     summary, _ = transmodal.train(tiny("trainer.epochs=3", "adaptation=[{name: finetune}]",
                                        "trainer.score_validators=false"), quiet=True)
     assert summary["epochs"] == 3 and "stopped_early" not in summary
+
+
+def test_compile_compiles_the_model_in_place_and_keeps_its_parameter_names(tiny):
+    """trainer.compile uses nn.Module.compile, so checkpoints keep their keys (torch.compile's wrapper would
+    prefix them with _orig_mod). Compiling itself happens at the first step: too slow on a CPU for this suite;
+    bench/gpu.py measures it on a GPU."""
+    plain = transmodal.Trainer(transmodal.assemble(tiny()), quiet=True)
+    compiled = transmodal.Trainer(transmodal.assemble(tiny("trainer.compile=true")), quiet=True)
+    assert compiled.model._compiled_call_impl is not None and plain.model._compiled_call_impl is None
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
