@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 pytest.importorskip("transmodal_hf")
 
@@ -138,7 +139,7 @@ def test_normalize_gives_unit_vectors_and_tokens_refuse_pooling(hf, tiny_bert):
     with torch.no_grad():
         norms = encoder.eval()(tokenizer.encode_batch(TEXTS)).norm(dim=1)
     torch.testing.assert_close(norms, torch.ones(len(TEXTS)))
-    with pytest.raises(Exception, match="pooling and normalize would never be used"):
+    with pytest.raises(ValidationError, match="pooling and normalize would never be used"):
         build(hf, str(tiny_bert), tokens=True, pooling="cls")
 
 
@@ -222,6 +223,18 @@ def test_gradual_unfreezing_opens_the_blocks_and_the_run_evaluates_from_its_dire
     assert (run_dir / "tokenizers" / "text.json").is_file()
     metrics, _ = transmodal.evaluate_run(run_dir, "last")
     assert metrics["target/test"]["accuracy"] == pytest.approx(summary["final"]["target/test"]["accuracy"])
+
+
+def test_lora_adapters_go_only_into_the_chosen_block(tmp_path):
+    pytest.importorskip("transmodal_peft")
+    folder = write_tiny_bert(tmp_path / "bert", pad_id=0)
+    experiment = reviews_experiment(tmp_path, str(folder), {}, [
+        {"name": "lora", "r": 2, "target_modules": ["encoders.text.model.encoder.layer.1.attention.self.*"]}])
+    summary, run_dir = transmodal.train(experiment, quiet=True)
+    weights = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    adapters = {key for key in weights if "lora_" in key}
+    assert adapters and all(".encoder.layer.1.attention.self." in key for key in adapters)
+    assert summary["steps"] > 0
 
 
 def test_tokens_reach_an_attention_fusion_and_a_wrong_parameter_is_refused_with_its_path(tmp_path):
