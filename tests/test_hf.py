@@ -172,6 +172,8 @@ def test_a_model_not_on_this_machine_is_a_data_error_not_a_download(hf, tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="Nothing is downloaded at run time"):
         hf.get("tokenizer", "hf-tokenizer").build([], model="nobody/no-such-model-here")
+    with pytest.raises(DataError, match="there is no folder"):
+        hf.get("tokenizer", "hf-tokenizer").build([], model=str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no config.json"):
         hf.get("tokenizer", "hf-tokenizer").build([], model=str(tmp_path / "empty"))

@@ -45,6 +45,9 @@ def locate(model: str) -> str:
             raise DataError(f"model '{model}': the folder {path} holds no config.json; give a folder written by "
                             f"save_pretrained (config.json, the weights and the tokenizer's files)")
         return str(path.resolve())
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an id ('owner/name')
+        raise DataError(f"model '{model}': there is no folder {path}; give a folder written by save_pretrained, a "
+                        f"model id already in the Hugging Face cache, or 'minilm'")
     return model  # a model id, read from the Hugging Face cache
 
 

@@ -50,9 +50,10 @@ class ModelTokenizer:
     @classmethod
     def from_state(cls, state: str) -> ModelTokenizer:
         saved = json.loads(state)
-        if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"saved hf-tokenizer state has format {saved.get('format')!r} (expected "
-                                  f"{STATE_FORMAT}); was the run made with another tokenizer?")
+        found = saved.get("format") if isinstance(saved, dict) else None
+        if found != STATE_FORMAT:
+            raise CheckpointError(f"saved hf-tokenizer state has format {found!r} (expected {STATE_FORMAT}); was "
+                                  f"the run made with another tokenizer?")
         return cls(saved["model"], HFTokenizer.from_state(saved["tokenizer"]), saved["pad_id"])
 
 
