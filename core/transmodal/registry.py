@@ -44,9 +44,10 @@ FIRST_PARTY_PROVIDERS: dict[str, dict[str, str]] = {
         "imdb": "transmodal-text",
         "text-csv": "transmodal-text",
     },
-    "encoder": {"lstm": "transmodal-text", "gru": "transmodal-text", "text-cnn": "transmodal-text"},
+    "encoder": {"lstm": "transmodal-text", "gru": "transmodal-text", "text-cnn": "transmodal-text",
+                "hf-text": "transmodal-hf"},
     "tokenizer": {"hf-word": "transmodal-text", "bpe": "transmodal-text", "wordpiece": "transmodal-text",
-                  "tokenizer-file": "transmodal-text"},
+                  "tokenizer-file": "transmodal-text", "hf-tokenizer": "transmodal-hf"},
     "fusion": {
         "cross-attention": "transmodal-attention",
         "transformer": "transmodal-attention",

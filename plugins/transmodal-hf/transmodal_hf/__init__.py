@@ -1,0 +1,1 @@
+"""transmodal-hf: Hugging Face text models (``hf-text``) with their own tokenizers (``hf-tokenizer``)."""
