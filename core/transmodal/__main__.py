@@ -1,7 +1,5 @@
 """``python -m transmodal``: the same command as ``transmodal``."""
 
-import sys
+from transmodal.cli import console_main
 
-from transmodal.cli import main
-
-sys.exit(main())
+console_main()

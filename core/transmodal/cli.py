@@ -436,5 +436,19 @@ COMMANDS = {
     "cache": _cache,
 }
 
+def console_main() -> None:
+    """The ``transmodal`` command (and ``python -m transmodal``): :func:`main`, then exit with its status."""
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        # Under torchrun, skip the interpreter's teardown: after a complete run, torch's distributed internals
+        # sometimes abort in their C++ destructors at exit ("terminate called without an active exception",
+        # about one run in five here, with the process group already destroyed), which turned a finished job
+        # into a failed one. Everything the run writes is closed by now; flush what is printed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
