@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import gc
 import os
 import pickle
 from collections.abc import Iterator
@@ -160,9 +159,7 @@ def process_group(config: TrainerConfig, device: torch.device) -> Iterator[World
                             timeout=datetime.timedelta(seconds=config.distributed_timeout))
     try:
         yield world
-        # No rank tears the group down while another is still finishing: gloo aborts a process whose peer closes
-        # the connection under it ("terminate called without an active exception", seen in CI).
-        dist.barrier()
+        dist.barrier()  # no rank tears the group down while another is still finishing
     except dist.DistError as error:
         raise DistributedError(
             f"rank {world.rank}: lost the other processes of this run ({type(error).__name__}: "
@@ -170,10 +167,6 @@ def process_group(config: TrainerConfig, device: torch.device) -> Iterator[World
             f"trainer.distributed_timeout ({config.distributed_timeout:g} s)"
         ) from None
     finally:
-        # The run's DistributedDataParallel wrappers sit in reference cycles; left to the interpreter's exit they
-        # would be destroyed after their process group, and gloo then aborts the process ("terminate called
-        # without an active exception", seen in CI). Collect them while the group still exists.
-        gc.collect()
         dist.destroy_process_group()
 
 
