@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import transmodal
 from conftest import interrupt_training_at, tiny_experiment_dict
 from transmodal.cli import main
 
@@ -76,6 +79,28 @@ def test_ctrl_c_says_how_to_continue_this_run(tmp_path: Path, monkeypatch: pytes
     interrupt_training_at(monkeypatch, stop_at_step)
     assert main(["train", str(write_config(tmp_path, "output.name=stopped")), "--quiet"]) == 130
     assert message.format(run_dir=tmp_path / "runs" / "stopped") in capsys.readouterr().err
+
+
+def test_sigterm_says_how_to_continue_this_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture):
+    """``kill``, a scheduler's preemption, or torchrun stopping the other ranks once one fails: the same message as
+    Ctrl-C, exit status 143, and the process's own SIGTERM handling back afterwards."""
+    original_step = transmodal.Trainer.train_step
+
+    def terminated_step(self, source, target=None):
+        if self.step == 256 // 32 + 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, source, target)
+
+    monkeypatch.setattr(transmodal.Trainer, "train_step", terminated_step)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", str(write_config(tmp_path, "output.name=stopped")), "--quiet"]) == 143
+    run_dir = tmp_path / "runs" / "stopped"
+    assert (f"terminated (SIGTERM); continue with: transmodal train --resume {run_dir}"
+            in capsys.readouterr().err)
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
 
 
 def test_config_validate_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -1,5 +1,6 @@
 """The ``transmodal`` command line. Exit status: 0 success, 2 usage or config error (a wrong path too), 1 failure
-while running, 130 interrupted.
+while running, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: ``kill``, a scheduler's preemption, or torchrun
+stopping the other ranks when one fails).
 
 Only the commands that train, evaluate, predict, export or report import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
 in a fraction of torch's own import time.
@@ -8,18 +9,52 @@ in a fraction of torch's own import time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from transmodal.errors import ConfigError, TransmodalError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+if TYPE_CHECKING:
+    from transmodal.distributed import World
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an exception, so that a terminated run says how to resume, as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` until the block ends, then the previous handler is back."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        _ignore_sigterm()  # one message, however often the signal comes
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_sigterm() -> None:
+    """While an error is being reported, a SIGTERM (torchrun's, to every rank once one fails) must not cut it off."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,18 +153,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace | None = None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_raises():
         _plain_plugin_warnings()
         try:
             args = _parser().parse_args(argv)
             return COMMANDS[args.command](args)
         except ConfigError as error:
+            _ignore_sigterm()
             return _report(error, EXIT_USAGE, args)
         except TransmodalError as error:
+            _ignore_sigterm()
             return _report(error, EXIT_FAILURE, args)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except KeyboardInterrupt as interrupt:
+            _ignore_sigterm()
+            print("terminated" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
+            return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
 
 
 def _report(error: TransmodalError, status: int, args: argparse.Namespace | None) -> int:
@@ -162,15 +200,16 @@ def _train(args: argparse.Namespace) -> int:
 
     from transmodal.distributed import launched_world
 
-    main_process = launched_world().is_main  # under torchrun, rank 0 alone makes the run directory and reports
+    world = launched_world()
+    main_process = world.is_main  # under torchrun, rank 0 alone makes the run directory and reports
     if args.resume is not None:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
         run_dir = _existing_run_dir(args.resume)
         try:
             summary = run.resume(run_dir, quiet=args.quiet)
-        except KeyboardInterrupt:
-            return _interrupted(run_dir)
+        except KeyboardInterrupt as interrupt:
+            return _interrupted(run_dir, interrupt, world)
     elif not main_process:
         summary, run_dir = run.train(load_experiment(args.config, args.overrides), quiet=True)
     else:
@@ -184,7 +223,7 @@ def _train(args: argparse.Namespace) -> int:
             if not any(run_dir.iterdir()):
                 run_dir.rmdir()  # stopped before the run began (a config or data error): leave nothing behind
             if isinstance(error, KeyboardInterrupt):
-                return _interrupted(run_dir)
+                return _interrupted(run_dir, error, world)
             raise
     if not main_process:
         return EXIT_OK
@@ -193,15 +232,23 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _interrupted(run_dir: Path) -> int:
+def _interrupted(run_dir: Path, interrupt: KeyboardInterrupt, world: World) -> int:
+    _ignore_sigterm()
+    terminated = isinstance(interrupt, Terminated)
+    stopped = "terminated (SIGTERM)" if terminated else "interrupted"
+    if terminated and world.distributed:  # torchrun terminates the other ranks when one fails
+        stopped = (f"rank {world.rank} of {world.world_size}: terminated by torchrun (SIGTERM), as another process of "
+                   f"this run stopped")
+    command = (f"torchrun --nproc_per_node ... -m transmodal train --resume {run_dir} (with as many processes)"
+               if world.distributed else f"transmodal train --resume {run_dir}")
     if (run_dir / "checkpoints" / "last.pt").is_file():
-        print(f"interrupted; continue with: transmodal train --resume {run_dir}", file=sys.stderr)
+        print(f"{stopped}; continue with: {command}", file=sys.stderr)
     elif run_dir.is_dir():
-        print(f"interrupted before the first checkpoint; train again from the beginning with: "
-              f"transmodal train --resume {run_dir}", file=sys.stderr)
+        print(f"{stopped} before the first checkpoint; train again from the beginning with: {command}",
+              file=sys.stderr)
     else:
-        print("interrupted before the run began; nothing was written", file=sys.stderr)
-    return EXIT_INTERRUPTED
+        print(f"{stopped} before the run began; nothing was written", file=sys.stderr)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 def _existing_run_dir(path: Path) -> Path:
