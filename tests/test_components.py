@@ -106,6 +106,25 @@ def test_image_input_resizes_for_backbones_pretrained_at_another_size():
     assert pipeline(torch.zeros(2, 3, 8, 8, dtype=torch.uint8)).shape == (2, 3, 16, 16)
 
 
+def test_per_image_normalisation_removes_brightness_contrast_and_colour_cast():
+    pipeline = ImageInput(per_image=True).eval()
+    images = torch.randint(0, 64, (4, 3, 8, 8), dtype=torch.uint8)
+    out = pipeline(images)
+    assert out.mean(dim=(2, 3)).abs().max() < 1e-5
+    assert torch.allclose(out.var(dim=(2, 3), unbiased=False), torch.ones(4, 3), atol=1e-3)
+    recast = images * 2 + torch.tensor([0, 40, 100], dtype=torch.uint8).view(1, 3, 1, 1)  # stays below 256
+    assert torch.allclose(pipeline(recast), out, atol=1e-3)  # up to the epsilon under the variance
+
+
+def test_invert_flips_polarity_in_training_only():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    always = ImageInput(invert=1.0)
+    assert torch.allclose(always.train()(images), ImageInput()(255 - images))
+    assert torch.allclose(always.eval()(images), ImageInput()(images))
+    half = ImageInput(invert=0.5).train()(torch.zeros(400, 3, 1, 1, dtype=torch.uint8))[:, 0]
+    assert 100 < int((half > 0).sum()) < 300  # about half the images inverted, each whole
+
+
 def test_model_handles_missing_and_absent_modalities(tiny):
     from transmodal.experiment import assemble
 

@@ -81,6 +81,10 @@ class ComponentSpec(BaseModel):
 class AugmentConfig(_Strict):
     crop_padding: int = Field(0, ge=0, le=256, description="Random crop after zero padding by this many pixels.")
     hflip: bool = Field(False, description="Random horizontal flip.")
+    invert: float = Field(
+        0.0, ge=0.0, le=1.0, description="Probability of inverting an image's intensities (dark on light becomes "
+        "light on dark): a model trained on one polarity then reads the other.",
+    )
 
 
 class DataConfig(_Strict):
@@ -94,6 +98,11 @@ class DataConfig(_Strict):
         "own tokens for adaptation to align.",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Batched image augmentation.")
+    image_normalization: Literal["dataset", "per-image"] = Field(
+        "dataset", description="dataset: the encoder's fixed mean and std; per-image: each image's channels "
+        "standardised by their own mean and std (instance normalisation of the input), so brightness, contrast and "
+        "colour cast no longer tell domains apart.",
+    )
     bucket_by_length: bool = Field(False, description="Group texts of similar length into batches.")
 
 

@@ -166,6 +166,8 @@ def _assemble_model(
                 std=getattr(encoder, "input_std", (0.5,) * spec.shape[0]),
                 crop_padding=augment.crop_padding,
                 hflip=augment.hflip,
+                invert=augment.invert,
+                per_image=experiment.data.image_normalization == "per-image",
                 size=getattr(encoder, "input_size", None),
             )
     fusion = _build(components["model.fusion"], {m: e.out_dim for m, e in encoders.items()})
