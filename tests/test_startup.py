@@ -29,6 +29,7 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy
 @pytest.mark.parametrize("args", [
     ["--help"],
     ["report", "--help"],
+    ["rank", "--help"],
     ["components"],
     ["components", "fusion", "c*"],
     ["plugins"],

@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "ImageCache": "transmodal.image_cache",
     **dict.fromkeys(("ModelOutput", "TransmodalModel"), "transmodal.model"),
     **dict.fromkeys(("PluginWarning", "get_plugins"), "transmodal.plugins"),
+    **dict.fromkeys(("Candidate", "rank"), "transmodal.ranking"),
     "NoParams": "transmodal.registry",
     **dict.fromkeys(("evaluate_run", "resume"), "transmodal.run"),
     "train": "transmodal.api",
@@ -75,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from transmodal.image_cache import ImageCache
     from transmodal.model import ModelOutput, TransmodalModel
     from transmodal.plugins import PluginWarning, get_plugins
+    from transmodal.ranking import Candidate, rank
     from transmodal.registry import NoParams
     from transmodal.run import evaluate_run, resume
     from transmodal.strategy import ParamGroup, StepData, Strategy, TrainingContext

@@ -2,7 +2,7 @@
 while running, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: ``kill``, a scheduler's preemption, or torchrun
 stopping the other ranks when one fails).
 
-Only the commands that train, evaluate, predict, export or report import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
+Only the commands that train, evaluate, predict, export, rank or report import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
 in a fraction of torch's own import time.
 """
 
@@ -119,6 +119,40 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="one run, or several to compare")
     report.add_argument("--output", type=Path, metavar="DIR",
                         help="the report's folder (default: the first RUN_DIR's report/, replaced)")
+
+    rank = commands.add_parser(
+        "rank", help="rank candidate encoders on a config's labelled data without training (LogME, LEEP, H-score)",
+        description="Builds the config's dataset and each candidate encoder (no training), encodes the labelled "
+                    "training split (source domain) and scores the features with LogME (You et al., 2021), LEEP "
+                    "(Nguyen et al., 2020; a bare encoder's source classes are a Gaussian mixture of its features, "
+                    "as in N-LEEP) and H-score (Bao et al., 2019). Higher is better for each. The target domain's "
+                    "test labels are read only if --split names that split.")
+    rank.add_argument("config", help="experiment YAML file: its dataset (and tokenizer) are used")
+    rank.add_argument("--backbones", action="append", default=[], metavar="A,B,C",
+                      help="candidate encoders or backbones by name, each with its default parameters")
+    rank.add_argument("--candidate", dest="candidates", action="append", default=[], metavar="[LABEL=]SPEC",
+                      help="one candidate (repeatable): a name, a mapping with parameters "
+                           "('wide={name: small-cnn, channels: [32, 64, 128]}'), or a trained run directory "
+                           "(its head gives LEEP's source classes)")
+    rank.add_argument("--modality", help="the modality the candidates encode (default: the config's only one, or "
+                                         "its only image modality when every candidate is a backbone)")
+    rank.add_argument("--split", default="train",
+                      help="labelled split to score on: train (default: the source training split) or an "
+                           "evaluation split's name, e.g. source/val")
+    rank.add_argument("--max-samples", type=int, metavar="N", help="score a random subset of N samples")
+    rank.add_argument("--scores", default="logme,leep,hscore", metavar="LIST",
+                      help="scores to compute, from logme, leep, hscore (default: all three)")
+    rank.add_argument("--sort-by", default=None, metavar="SCORE", help="the score that orders the table "
+                                                                        "(default: logme, or the first of --scores)")
+    rank.add_argument("--hscore-shrinkage", choices=["none", "ledoit-wolf"], default="none",
+                      help="none: the paper's pseudo-inverse of cov(f); ledoit-wolf: the shrunk covariance of "
+                           "Ibrahim et al. (2022), steadier when features are wide next to the samples")
+    rank.add_argument("--device", help="default: the config's trainer.device")
+    rank.add_argument("--batch-size", type=int, metavar="N", help="default: the config's trainer.eval_batch_size")
+    rank.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                      help="override a config value, e.g. --set data.dataset.train_size=1000 (repeatable)")
+    rank.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    rank.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
     plugins = commands.add_parser("plugins", help="installed plugins, what they register, and failures")
     plugins.add_argument("--json", action="store_true")
@@ -338,6 +372,34 @@ def _write_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rank(args: argparse.Namespace) -> int:
+    from transmodal.config import load_experiment
+    from transmodal.ranking import METRICS, parse_candidates, rank
+
+    candidates = parse_candidates(args.backbones, args.candidates)
+    scores = [name.strip().lower().replace("-", "") for name in args.scores.split(",") if name.strip()]
+    unknown = [name for name in scores if name not in METRICS]
+    if unknown or not scores:
+        raise ConfigError(f"--scores {args.scores}: choose among {', '.join(METRICS)}")
+    sort_by = (args.sort_by or ("logme" if "logme" in scores else scores[0])).strip().lower().replace("-", "")
+    if sort_by not in scores:
+        raise ConfigError(f"--sort-by {args.sort_by}: choose one of the scores computed ({', '.join(scores)})")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: give a positive number")
+    experiment = load_experiment(args.config, args.overrides)
+    quiet = args.quiet or args.json
+
+    def progress(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    ranking = rank(experiment, candidates, modality=args.modality, split=args.split, max_samples=args.max_samples,
+                   metrics=scores, sort_by=sort_by, hscore_shrinkage=args.hscore_shrinkage, device=args.device,
+                   batch_size=args.batch_size, progress=progress)
+    print(json.dumps(ranking.as_dict(), indent=2) if args.json else ranking.table())
+    return EXIT_OK
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from transmodal.plugins import get_plugins
 
@@ -476,6 +538,7 @@ COMMANDS = {
     "predict": _predict,
     "export": _export,
     "report": _write_report,
+    "rank": _rank,
     "plugins": _plugins,
     "components": _components,
     "config": _config,
