@@ -36,7 +36,7 @@ FIRST_PARTY_PROVIDERS: dict[str, dict[str, str]] = {
             "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
             "resnext50_32x4d", "wide_resnet50_2", "torchvision",
         )
-    },
+    } | {"timm": "transmodal-timm"},
     "dataset": {
         "cifar10": "transmodal-vision",
         "cifar100": "transmodal-vision",
