@@ -43,9 +43,10 @@ FIRST_PARTY_PROVIDERS: dict[str, dict[str, str]] = {
         "image-folder": "transmodal-vision",
         "imdb": "transmodal-text",
         "text-csv": "transmodal-text",
+        "audio-folder": "transmodal-audio",
     },
     "encoder": {"lstm": "transmodal-text", "gru": "transmodal-text", "text-cnn": "transmodal-text",
-                "hf-text": "transmodal-hf"},
+                "hf-text": "transmodal-hf", "audio-cnn": "transmodal-audio"},
     "tokenizer": {"hf-word": "transmodal-text", "bpe": "transmodal-text", "wordpiece": "transmodal-text",
                   "tokenizer-file": "transmodal-text", "hf-tokenizer": "transmodal-hf"},
     "fusion": {
