@@ -57,10 +57,6 @@ def _experiment(tmp_path: Path, manifest: Path, modalities: dict[str, Any], enco
     })
 
 
-def _schema(columns: TabularColumn) -> TabularSchema:
-    return TabularSchema.fit(columns)
-
-
 def _encoder(schema: TabularSchema, **params: Any) -> transmodal.Encoder:
     spec = ModalitySpec("table", "tabular", shape=(schema.width,), extras={SCHEMA_KEY: schema.to_dict()})
     return get_plugins().get("encoder", "tabular").build(spec, **params)
@@ -69,7 +65,7 @@ def _encoder(schema: TabularSchema, **params: Any) -> transmodal.Encoder:
 def test_schema_is_learnt_from_the_given_cells_only():
     column = TabularColumn.from_rows(["a", "b"], ["c"], [
         {"a": 1, "b": "", "c": "x"}, {"a": 3, "b": 5, "c": "y"}, {"a": "", "b": 5, "c": ""}, None])
-    schema = _schema(column)
+    schema = TabularSchema.fit(column)
     assert schema.mean == [2.0, 5.0] and schema.std == [1.0, 1.0]  # b is constant: std 1, not 0
     assert schema.categories == {"c": ["x", "y"]} and schema.cardinalities == [3]
     other = TabularColumn.from_rows(["a", "b"], ["c"], [{"a": 7, "b": "", "c": "y"}, {"a": "", "b": 1, "c": "z"}])
@@ -83,7 +79,7 @@ def test_schema_is_learnt_from_the_given_cells_only():
 def test_encoder_contract():
     column = TabularColumn.from_rows(["a", "b"], ["c", "d"], [
         {"a": i, "b": i * i, "c": "xyz"[i % 3], "d": "pq"[i % 2]} for i in range(12)])
-    schema = _schema(column)
+    schema = TabularSchema.fit(column)
     encoder = _encoder(schema, width=16, blocks=2, hidden_factor=1.5)
     features = schema.encode(column)
     out = encoder(features)
@@ -100,7 +96,7 @@ def test_encoder_contract():
     outside, unseen = features[:2].clone(), features[:2].clone()
     outside[:, 2], unseen[:, 2] = 99.0, float(UNSEEN)
     torch.testing.assert_close(encoder(outside), encoder(unseen))
-    only_numeric = _schema(TabularColumn.from_rows(["a"], [], [{"a": 1}, {"a": 2}]))
+    only_numeric = TabularSchema.fit(TabularColumn.from_rows(["a"], [], [{"a": 1}, {"a": 2}]))
     assert _encoder(only_numeric, width=8).eval()(torch.tensor([[1.0], [2.0]])).shape == (2, 8)
 
 

@@ -238,7 +238,8 @@ def _from_mapping(trained: TrainedModel, inputs: Mapping[str, Sequence[Any]]) ->
 
 def _value(spec: ModalitySpec, value: Any) -> Any:
     """One value given through the Python API; None (and a tabular sample without any cell) is absent."""
-    if value is None or spec.kind == "tabular" and isinstance(value, Mapping) and all(map(is_missing, value.values())):
+    if value is None or (spec.kind == "tabular" and isinstance(value, Mapping)
+                         and all(map(is_missing, value.values()))):
         return None
     return Path(value) if spec.kind == "image" else value
 
