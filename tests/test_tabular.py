@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 
 import transmodal
 from transmodal.cli import main
@@ -192,6 +194,21 @@ def test_image_and_table_train_then_predict_with_the_training_schema(image_and_t
         {**table, "shop": "atlantis"}, {**table, "shop": ""}, None, {"size": "", "price": "", "shop": ""}]}, top_k=3)
     assert unseen["top_k"] == empty["top_k"] and absent["top_k"] == without["top_k"]
 
+    from transmodal.evaluate_data import evaluate_on
+
+    other, _ = evaluate_on(run_dir, run_dir / "config.yaml")  # the dataset read anew, encoded with the run's schema
+    assert other["source/val"]["confusion"] == metrics["source/val"]["confusion"]
+    # Another dataset whose training split lacks a category: its rows are still encoded with the run's categories
+    moved = [{**row, "split": "val" if row["shop"] == "east" else row["split"]} for row in rows]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["data"]["dataset"]["path"] = str(_write(tmp_path / "moved.csv", moved))
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(config))
+    other, _ = evaluate_on(run_dir, tmp_path / "moved.yaml")
+    moved_val = [row for row in moved if row["split"] == "val"]
+    predicted = model.predict(_write(tmp_path / "moved-val.csv", moved_val), top_k=3)
+    losses = [-math.log(next(e["probability"] for e in record["top_k"] if e["class"] == row["label"]))
+              for row, record in zip(moved_val, predicted)]
+    assert other["source/val"]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert main(["evaluate", str(run_dir), "--data", str(manifest.parent / "val.csv"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["val.csv"]["confusion"] == metrics["source/val"]["confusion"]
     exported = transmodal.load(run_dir).export(tmp_path / "bundle", format="torchscript")
