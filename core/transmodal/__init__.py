@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "train": "transmodal.api",
     **dict.fromkeys(("ParamGroup", "StepData", "Strategy", "TrainingContext"), "transmodal.strategy"),
     "Trainer": "transmodal.trainer",
+    **dict.fromkeys(("TabularColumn", "TabularSchema"), "transmodal.tabular"),
     **dict.fromkeys(("TrainedModel", "load"), "transmodal.trained_model"),
 }
 
@@ -81,4 +82,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from transmodal.run import evaluate_run, resume
     from transmodal.strategy import ParamGroup, StepData, Strategy, TrainingContext
     from transmodal.trained_model import TrainedModel, load
+    from transmodal.tabular import TabularColumn, TabularSchema
     from transmodal.trainer import Trainer

@@ -18,6 +18,7 @@ from transmodal.errors import InputError
 from transmodal.plugins import Plugins, get_plugins
 from transmodal.predict import batches, read_manifest
 from transmodal.tables import FORMATS
+from transmodal.tabular import schema_of
 from transmodal.trained_model import Domain, TrainedModel, load
 from transmodal.trainer import SOURCE_PREFIX
 
@@ -91,7 +92,11 @@ def _split_batches(trained: TrainedModel, bundle: DatasetBundle, name: str) -> I
     columns: dict[str, Any] = {}
     for modality, spec in trained.modalities.items():
         value = split.data[modality]
-        columns[modality] = spec.tokenizer.encode_batch(list(value)) if spec.kind == "text" else value
+        if spec.kind == "text":
+            value = spec.tokenizer.encode_batch(list(value))
+        elif spec.kind == "tabular":  # the training split's categories and means, not this dataset's
+            value = schema_of(spec).encode(value)
+        columns[modality] = value
         if presence_key(modality) in split.data:
             columns[presence_key(modality)] = split.data[presence_key(modality)]
     names = [bundle.classes[i] for i in split.data["label"].tolist()]

@@ -15,6 +15,7 @@ from transmodal.model import LateFusionHeads, TransmodalModel
 from transmodal.model_size import build_if_it_fits
 from transmodal.plugins import Plugins, get_plugins
 from transmodal.strategy import Strategy
+from transmodal.tabular import SCHEMA_KEY, TabularColumn, TabularSchema
 from transmodal.validator import Validator
 
 
@@ -76,6 +77,14 @@ def tokenizer_for(resolved: ResolvedComponent, texts: list[str], modality: str, 
                               f"{str(error)[:200]})") from None
 
 
+def _tabular(split: Split, modality: str) -> TabularColumn:
+    column = split.data[modality]
+    if not isinstance(column, TabularColumn):
+        raise DataError(f"the dataset's tabular modality '{modality}' must be a transmodal.TabularColumn, "
+                        f"got {type(column).__name__}")
+    return column
+
+
 def prepare_data(
     experiment: Experiment, components: dict[str, ResolvedComponent], tokenizer_states: dict[str, str]
 ) -> PreparedData:
@@ -102,6 +111,12 @@ def prepare_data(
                 split.data[modality] = tokenizer.encode_batch(list(split.data[modality]))
             tokenizers[modality] = tokenizer
             specs[modality] = ModalitySpec(modality, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
+        elif kind == "tabular":
+            schema = TabularSchema.fit(_tabular(bundle.train, modality))  # the training split's statistics only
+            for split in splits:
+                split.data[modality] = schema.encode(_tabular(split, modality))
+            specs[modality] = ModalitySpec(modality, kind, shape=(schema.width,),
+                                           extras={SCHEMA_KEY: schema.to_dict()})
         else:
             specs[modality] = ModalitySpec(modality, kind, shape=tuple(bundle.train.data[modality].shape[1:]))
 

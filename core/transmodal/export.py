@@ -163,7 +163,7 @@ def load_bundle(folder: Path, device: str | None = None, plugins: Plugins | None
         raise CheckpointError(f"{folder / MODEL_INFO} does not say how the bundle was exported (its 'export' entry)")
     header = {key: exported.get(key) for key in ("checkpoint", "epoch", "selected_by")}
     tokenizers = {}
-    for name, (kind, _) in info["modalities"].items():
+    for name, (kind, _, _) in info["modalities"].items():
         if kind == "text":
             path = folder / TOKENIZERS / f"{name}.json"
             if not path.is_file():
@@ -208,11 +208,11 @@ def _load_torchscript(
     specs: dict[str, ModalitySpec] = {}
     components = validate_components(experiment, plugins or get_plugins(), only=("data.tokenizer",)) \
         if tokenizers else {}
-    for name, (kind, shape) in info["modalities"].items():
+    for name, (kind, shape, extras) in info["modalities"].items():
         if kind == "text":
             tokenizer = tokenizer_for(components["data.tokenizer"], [], name, tokenizers[name])
             specs[name] = ModalitySpec(name, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
         else:
-            specs[name] = ModalitySpec(name, kind, shape=shape)
+            specs[name] = ModalitySpec(name, kind, shape=shape, extras=extras)
     return TrainedModel(experiment, scripted.eval(), specs, info["classes"], target, header, traced_domain=domain)
 

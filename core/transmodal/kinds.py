@@ -5,5 +5,5 @@ from __future__ import annotations
 
 from typing import Literal
 
-ModalityKind = Literal["image", "text", "vector"]
+ModalityKind = Literal["image", "text", "vector", "tabular"]
 Storage = Literal["memory", "mmap"]  # where a dataset keeps decoded images: in RAM, or mapped from the cache file

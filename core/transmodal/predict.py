@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from transmodal.data import Batch, presence_key
-from transmodal.errors import InputError
+from transmodal.data import Batch, ModalitySpec, presence_key
+from transmodal.errors import DataError, InputError
 from transmodal.images import decode_rgb, pillow
 from transmodal.run_dir import write_text_atomic
 from transmodal.tables import FORMATS, LINE, columns_of, file_format, is_missing, read_rows
+from transmodal.tabular import schema_of
 from transmodal.trained_model import Domain, TrainedModel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
@@ -40,7 +41,8 @@ class Inputs:
     ``ids``, with their labels when a manifest gave a ``label`` column."""
 
     ids: list[str]
-    values: dict[str, list[Any]]  # modality -> path (image), text, or list of floats (vector), or None
+    values: dict[str, list[Any]]  # modality -> path (image), text, list of floats (vector), {column: cell}
+    # (tabular), or None
     labels: list[str | None] | None = None
 
     def __len__(self) -> int:
@@ -53,7 +55,8 @@ def read_inputs(trained: TrainedModel, inputs: Any, modality: str | None = None)
     - a manifest file (.csv, .tsv, .jsonl, .parquet): columns named after the model's modalities;
     - image files and folders of image files (for the model's image modality);
     - a .txt file (one text per line) or text strings (for the model's text modality);
-    - a mapping modality -> list of values (image paths, texts, vectors), all of equal length.
+    - a mapping modality -> list of values (image paths, texts, vectors, {column: cell} mappings for a tabular
+      modality), all of equal length.
 
     ``modality`` names the modality that files or strings are for, when the model has several of that kind.
     """
@@ -92,7 +95,7 @@ def _modality_for(trained: TrainedModel, kind: str, named: str | None) -> str:
     if not matching:
         what = "image files" if kind == "image" else "texts (a string that is not an image file, or a .txt file)"
         raise InputError(f"the inputs are {what}, but the model takes no {kind}: its modalities are "
-                         f"{_describe(trained)}. For a vector modality use a manifest file (.csv, .jsonl)")
+                         f"{_describe(trained)}. For a vector or tabular modality use a manifest file (.csv, .jsonl)")
     if len(matching) > 1:
         raise InputError(f"the model has {len(matching)} {kind} modalities ({', '.join(matching)}); "
                          f"choose one with --modality (modality= in Python)")
@@ -141,6 +144,11 @@ def read_manifest(trained: TrainedModel, path: Path) -> Inputs:
     folder = path.parent  # relative image paths name files beside the manifest, as in training
     values: dict[str, list[Any]] = {}
     for name, spec in trained.modalities.items():
+        if spec.kind == "tabular":
+            cells = _tabular_cells(spec, rows, available, path)
+            if cells is not None:
+                values[name] = cells
+            continue
         columns = next((c for c in (trained_columns.get(name), [name]) if c and set(c) <= available), None)
         if columns is None:
             continue
@@ -162,6 +170,24 @@ def read_manifest(trained: TrainedModel, path: Path) -> Inputs:
     if label_column in available:
         labels = [None if is_missing(row.get(label_column)) else str(row[label_column]).strip() for row in rows]
     return Inputs(ids, values, labels)
+
+
+def _tabular_cells(spec: ModalitySpec, rows: list[dict[str, Any]], available: set[str],
+                   path: Path) -> list[dict[str, Any] | None] | None:
+    """Each row's cells in the columns the tabular modality was trained on (None: all empty, absent); None when
+    the manifest has none of those columns."""
+    schema = schema_of(spec)
+    columns = [*schema.numeric, *schema.categories]
+    found = [column for column in columns if column in available]
+    if not found:
+        return None
+    if len(found) < len(columns):
+        lacking = [column for column in columns if column not in available]
+        raise InputError(f"{path} has only some of the columns of tabular modality '{spec.name}': it lacks "
+                         f"{', '.join(lacking)}. Add them (empty cells are allowed) or leave out all of "
+                         f"{', '.join(columns)} to mark the modality absent")
+    return [None if all(is_missing(row.get(c)) for c in columns) else {c: row.get(c) for c in columns}
+            for row in rows]
 
 
 def _training_columns(trained: TrainedModel) -> tuple[dict[str, list[str]], str]:
@@ -206,10 +232,16 @@ def _from_mapping(trained: TrainedModel, inputs: Mapping[str, Sequence[Any]]) ->
     sizes = {name: len(values) for name, values in inputs.items()}
     if len(set(sizes.values())) != 1:
         raise InputError(f"every modality needs one value per sample; got {sizes}")
-    values = {name: [None if value is None else (Path(value) if trained.modalities[name].kind == "image"
-                                                  else value) for value in column]
-              for name, column in inputs.items()}
+    values = {name: [_value(trained.modalities[name], value) for value in column] for name, column in inputs.items()}
     return Inputs([f"sample:{index + 1}" for index in range(next(iter(sizes.values())))], values)
+
+
+def _value(spec: ModalitySpec, value: Any) -> Any:
+    """One value given through the Python API; None (and a tabular sample without any cell) is absent."""
+    if value is None or (spec.kind == "tabular" and isinstance(value, Mapping)
+                         and all(map(is_missing, value.values()))):
+        return None
+    return Path(value) if spec.kind == "image" else value
 
 
 def batches(trained: TrainedModel, inputs: Inputs, batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
@@ -220,12 +252,12 @@ def batches(trained: TrainedModel, inputs: Inputs, batch_size: int = DEFAULT_BAT
         for name, column in inputs.values.items():
             chunk = column[start:stop]
             present = torch.tensor([value is not None for value in chunk], dtype=torch.bool)
-            batch[name] = _column(trained, name, chunk)
+            batch[name] = _column(trained, name, chunk, inputs.ids[start:stop])
             batch[presence_key(name)] = present
         yield batch
 
 
-def _column(trained: TrainedModel, name: str, values: list[Any]) -> torch.Tensor:
+def _column(trained: TrainedModel, name: str, values: list[Any], ids: list[str]) -> torch.Tensor:
     spec = trained.modalities[name]
     if spec.kind == "text":
         texts = [value if isinstance(value, str) else "" for value in values]
@@ -235,6 +267,8 @@ def _column(trained: TrainedModel, name: str, values: list[Any]) -> torch.Tensor
         return spec.tokenizer.encode_batch(texts)
     if spec.kind == "vector":
         return torch.stack([_vector(value, spec.shape, name) for value in values])
+    if spec.kind == "tabular":
+        return _tabular(spec, values, ids)
     return torch.stack([_image(value, spec.shape, name) for value in values])
 
 
@@ -248,6 +282,19 @@ def _vector(value: Any, shape: tuple[int, ...], name: str) -> torch.Tensor:
     if tuple(tensor.shape) != tuple(shape):
         raise InputError(f"modality '{name}' takes vectors of {shape[0]} numbers, got {tensor.numel()}")
     return tensor
+
+
+def _tabular(spec: ModalitySpec, values: list[Any], ids: list[str]) -> torch.Tensor:
+    """Encoded with the training split's schema: its categories, its means for empty numeric cells."""
+    schema = schema_of(spec)
+    for value in values:
+        if value is not None and not isinstance(value, Mapping):
+            raise InputError(f"modality '{spec.name}' takes a mapping column -> cell per sample (columns "
+                             f"{', '.join([*schema.numeric, *schema.categories])}), got {value!r:.60}")
+    try:
+        return schema.encode(schema.column(values, lambda index: ids[index]))
+    except DataError as error:
+        raise InputError(f"modality '{spec.name}', {error}") from None
 
 
 def _image(path: Path | None, shape: tuple[int, ...], name: str) -> torch.Tensor:

@@ -36,16 +36,17 @@ FIRST_PARTY_PROVIDERS: dict[str, dict[str, str]] = {
             "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
             "resnext50_32x4d", "wide_resnet50_2", "torchvision",
         )
-    },
+    } | {"timm": "transmodal-timm"},
     "dataset": {
         "cifar10": "transmodal-vision",
         "cifar100": "transmodal-vision",
         "image-folder": "transmodal-vision",
         "imdb": "transmodal-text",
         "text-csv": "transmodal-text",
+        "audio-folder": "transmodal-audio",
     },
     "encoder": {"lstm": "transmodal-text", "gru": "transmodal-text", "text-cnn": "transmodal-text",
-                "hf-text": "transmodal-hf"},
+                "hf-text": "transmodal-hf", "audio-cnn": "transmodal-audio"},
     "tokenizer": {"hf-word": "transmodal-text", "bpe": "transmodal-text", "wordpiece": "transmodal-text",
                   "tokenizer-file": "transmodal-text", "hf-tokenizer": "transmodal-hf"},
     "fusion": {

@@ -2,7 +2,8 @@
 
 What rebuilding needs is saved beside the weights: ``config.yaml`` names the components and their parameters,
 ``model.json`` holds what the model's shape was read from in the dataset (each modality's kind and per-sample
-shape, the class names), and each checkpoint holds the weights and the fitted tokenizers. Encoders are built with
+shape, what was learnt from the training split for it, such as a tabular modality's statistics and categories, and
+the class names), and each checkpoint holds the weights and the fitted tokenizers. Encoders are built with
 ``ModalitySpec.from_checkpoint`` set, so that pretrained weights and word vectors are not read again.
 """
 
@@ -29,6 +30,7 @@ from transmodal.model import TransmodalModel
 from transmodal.plugins import Plugins, get_plugins
 from transmodal.run_dir import CHECKPOINTS, write_text_atomic
 from transmodal.strategy import Strategy
+from transmodal.tabular import schema_of
 from transmodal.trainer import load_model_weights, resolve_device
 
 MODEL_INFO = "model.json"
@@ -44,7 +46,8 @@ def model_info(modalities: Mapping[str, ModalitySpec], classes: Sequence[str]) -
     return {
         "format": MODEL_INFO_FORMAT,
         "classes": list(classes),
-        "modalities": {name: {"kind": spec.kind, **({"shape": list(spec.shape)} if spec.kind != "text" else {})}
+        "modalities": {name: {"kind": spec.kind, **({"shape": list(spec.shape)} if spec.kind != "text" else {}),
+                              **({"extras": spec.extras} if spec.extras else {})}
                        for name, spec in modalities.items()},
     }
 
@@ -62,7 +65,8 @@ def read_model_info(directory: Path) -> dict[str, Any]:
             f"{directory}), or train it again.")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        modalities = {name: (entry["kind"], tuple(entry.get("shape", ()))) for name, entry in info["modalities"].items()}
+        modalities = {name: (entry["kind"], tuple(entry.get("shape", ())), dict(entry.get("extras", {})))
+                      for name, entry in info["modalities"].items()}
         classes = [str(name) for name in info["classes"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path} is damaged ({type(error).__name__}: {error})") from None
@@ -191,7 +195,7 @@ def build_trained_model(
     for name in experiment.model.encoders:
         if name not in info["modalities"]:
             raise CheckpointError(f"{MODEL_INFO} has no modality '{name}', which model.encoders names")
-        kind, shape = info["modalities"][name]
+        kind, shape, extras = info["modalities"][name]
         if kind == "text":
             if name not in state["tokenizers"]:
                 raise CheckpointError(f"it has no tokenizer for the text modality '{name}'")
@@ -199,7 +203,9 @@ def build_trained_model(
             specs[name] = ModalitySpec(name, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer,
                                        from_checkpoint=True)
         else:
-            specs[name] = ModalitySpec(name, kind, shape=shape, from_checkpoint=True)
+            specs[name] = ModalitySpec(name, kind, shape=shape, extras=extras, from_checkpoint=True)
+            if kind == "tabular":
+                schema_of(specs[name])  # a damaged schema is the run's fault, not the encoder's
     target = resolve_device(device or experiment.trainer.device)
     model = build_model(experiment, components, specs, len(info["classes"]))
     load_model_weights(model, state["model"])

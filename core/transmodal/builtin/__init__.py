@@ -18,6 +18,7 @@ from transmodal.builtin.params import (
     OracleParams,
     SmallCNNParams,
     SyntheticShapesParams,
+    TabularParams,
     TensorParams,
     WordTokenizerParams,
 )
@@ -35,6 +36,8 @@ def register_encoders(register: Register) -> None:
     register("mlp", f"{_HERE}.encoders:build_mlp", MLPParams, "Multi-layer perceptron for vector inputs.")
     register("bow", f"{_HERE}.encoders:build_bag_of_words", BagOfWordsParams,
              "Bag of words for text: mean of word embeddings (EmbeddingBag).")
+    register("tabular", f"{_HERE}.tabular:build_tabular", TabularParams,
+             "Tabular data: standardised numeric and embedded categorical columns, then a residual MLP.")
 
 
 @hookimpl

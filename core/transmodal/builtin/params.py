@@ -30,6 +30,19 @@ class MLPParams(BaseModel):
     hidden: list[PositiveInt] = Field([256, 128], min_length=1, description="Width of each layer; the last is out_dim.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
+class TabularParams(BaseModel):
+    """Gorishniy et al. (2021) tune these per dataset; the defaults lie inside their search space (width 64-512,
+    hidden factor 1-4, 1-8 blocks, dropouts 0-0.5) and suit a few thousand rows."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    width: int = Field(128, ge=1, le=8192, description="Width of the residual stream; the encoder's out_dim.")
+    hidden_factor: float = Field(2.0, gt=0.0, le=16.0, description="Hidden width of each block, times width.")
+    blocks: int = Field(2, ge=0, le=64, description="Residual blocks.")
+    embedding_dim: int = Field(8, ge=1, le=1024, description="Width of each categorical column's embedding.")
+    hidden_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside each block, after its ReLU.")
+    residual_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on each block's output before "
+                                                                     "it is added back.")
+
 class BagOfWordsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     embedding_dim: int = Field(64, ge=1)

@@ -1,6 +1,7 @@
 """The ``manifest`` dataset: your own multimodal data, one row per sample in a CSV, TSV, JSONL or Parquet file.
 
-The config maps columns to modalities (any number of each kind: image paths, texts, vectors of numeric columns),
+The config maps columns to modalities (any number of each kind: image paths, texts, vectors of numeric columns,
+tables of numeric and categorical columns),
 names the label column, and optionally a domain column (which values are source, which target) and a split
 column (train/val/test). A cell without a value marks that modality absent for that sample, which the model
 passes to the fusion as its presence mask. Images are decoded once into the shared image cache
@@ -26,6 +27,7 @@ from transmodal.errors import ConfigError, DataError
 from transmodal.image_cache import STATUS_DECODED, STATUS_UNDECODABLE, ImageCache
 from transmodal.kinds import ModalityKind, Storage
 from transmodal.tables import LINE, columns_of, file_format, is_missing, label_sort_key, read_rows
+from transmodal.tabular import TabularColumn
 
 WHAT = "manifest"
 SPLIT_VALUES = ("train", "val", "test")
@@ -37,7 +39,7 @@ class _Modality:
     """One modality over all rows: its values and which rows have it."""
 
     kind: ModalityKind
-    values: Any  # list[str] (text), float tensor (N, D) (vector), MappedColumn (image)
+    values: Any  # list[str] (text), float tensor (N, D) (vector), MappedColumn (image), TabularColumn (tabular)
     present: torch.Tensor  # (N,) bool
     notes: list[str] = field(default_factory=list)
 
@@ -64,7 +66,7 @@ class _Manifest:
 
     def _check_columns(self) -> None:
         available = columns_of(self.rows)
-        wanted = [(f"modalities.{name}.{'columns' if spec.kind == 'vector' else 'column'}", column)
+        wanted = [(f"modalities.{name}.{_field(spec, column)}", column)
                   for name, spec in self.params.modalities.items() for column in spec.names]
         wanted.append(("label", self.params.label))
         if self.params.domain is not None:
@@ -131,7 +133,16 @@ class _Manifest:
             return _Modality("text", ["" if is_missing(cell) else str(cell) for cell in cells], present)
         if spec.kind == "vector":
             return self._vector(spec.names)
+        if spec.kind == "tabular":
+            return self._tabular(spec)
         return self._images(name, spec.column or "")
+
+    def _tabular(self, spec: ModalityColumns) -> _Modality:
+        """Each cell may be empty (a numeric one becomes the training mean, a categorical one the reserved
+        index); a row whose cells are all empty lacks the modality."""
+        present = torch.tensor([not all(is_missing(row[c]) for c in spec.names) for row in self.rows])
+        column = TabularColumn.from_rows(spec.numeric, spec.categorical, self.rows, self.where)
+        return _Modality("tabular", column, present)
 
     def _vector(self, columns: list[str]) -> _Modality:
         values = torch.zeros(len(self.rows), len(columns))
@@ -194,6 +205,13 @@ class _Manifest:
                 f"data.dataset.on_missing: absent (mark those images absent) or skip (leave those rows out)")
 
 
+def _field(spec: ModalityColumns, column: str) -> str:
+    """The parameter that names ``column``, for error messages."""
+    if spec.kind == "tabular":
+        return "numeric" if column in spec.numeric else "categorical"
+    return "columns" if spec.kind == "vector" else "column"
+
+
 def _assign(manifest: _Manifest, params: ManifestParams) -> dict[str, torch.Tensor]:
     """Row indices of each split: train, source/val, source/test, target/val, target/test, unlabelled."""
     source = (manifest.domains == SOURCE_DOMAIN) & manifest.keep
@@ -240,6 +258,8 @@ def _column(modality: _Modality, rows: torch.Tensor, storage: Storage) -> Column
         return [modality.values[i] for i in rows.tolist()]
     if modality.kind == "vector":
         return modality.values[rows]
+    if modality.kind == "tabular":
+        return modality.values.select(rows)
     return select_rows(modality.values, rows, storage)
 
 

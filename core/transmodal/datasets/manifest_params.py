@@ -18,9 +18,24 @@ class ModalityColumns(BaseModel):
     column: str | None = Field(None, description="image: the file path (relative: to the manifest's folder); "
                                                  "text: the text.")
     columns: list[str] | None = Field(None, min_length=1, description="vector: one numeric column per dimension.")
+    numeric: list[str] = Field(default_factory=list, description="tabular: numeric columns (an empty cell: "
+                                                                 "the training mean).")
+    categorical: list[str] = Field(default_factory=list, description="tabular: categorical columns (categories "
+                                                                     "from the training split).")
 
     @model_validator(mode="after")
     def _columns_fit_kind(self) -> ModalityColumns:
+        tabular = bool(self.numeric or self.categorical)
+        if self.kind == "tabular":
+            if not tabular or self.column is not None or self.columns is not None:
+                raise ValueError("a tabular modality takes numeric: [a, ...] and/or categorical: [b, ...], "
+                                 "not column or columns")
+            both = sorted(set(self.numeric) & set(self.categorical))
+            if both:
+                raise ValueError(f"{both} cannot be both numeric and categorical")
+            return self
+        if tabular:
+            raise ValueError(f"numeric and categorical are for a tabular modality, not {self.kind}")
         if self.kind == "vector" and (self.columns is None or self.column is not None):
             raise ValueError("a vector modality takes columns: [a, b, ...], not column")
         if self.kind != "vector" and (self.column is None or self.columns is not None):
@@ -29,6 +44,8 @@ class ModalityColumns(BaseModel):
 
     @property
     def names(self) -> list[str]:
+        if self.kind == "tabular":
+            return [*self.numeric, *self.categorical]
         return self.columns if self.columns is not None else [self.column or ""]
 
 
@@ -57,7 +74,8 @@ class ManifestParams(BaseModel):
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field("auto", description="auto: from the suffix.")
     encoding: str = Field("utf-8", description="Text encoding of the file, e.g. latin-1, cp1252, utf-16.")
     modalities: dict[str, ModalityColumns] = Field(
-        min_length=1, description="Modality name -> {kind: image|text|vector, column: NAME | columns: [NAMES]}.")
+        min_length=1, description="Modality name -> {kind: image|text|vector|tabular, column: NAME | "
+                                   "columns: [NAMES] | numeric: [NAMES], categorical: [NAMES]}.")
     label: str = Field("label", description="The label column (target rows may leave it empty).")
     domain: DomainColumn | None = Field(None, description="{column, source: [values], target: [values]}; "
                                                           "without it every row is source.")
