@@ -115,6 +115,11 @@ def structure_problems(state: Any, resumable: bool) -> list[str]:
         problems.append("'model' should map parameter names to tensors")
     if not all(_is(key, str) and _is(value, str) for key, value in state["tokenizers"].items()):
         problems.append("'tokenizers' should map modalities to saved tokenizer states (strings)")
+    kept = state.get("strategy_weights", {})  # only runs whose strategies are part of the model have it
+    if not (isinstance(kept, dict) and all(_is(key, str) and isinstance(weights, dict) and all(
+            _is(name, str) and isinstance(value, torch.Tensor) for name, value in weights.items())
+            for key, weights in kept.items())):
+        problems.append("'strategy_weights' should map strategies to their parameter tensors")
     if resumable:
         problems += _training_problems(state)
     return problems

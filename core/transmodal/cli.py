@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                                "with a column per modality and a label column")
     evaluate.add_argument("--domain", choices=["source", "target"], default="source",
                           help="with --data FILE.csv: whose BatchNorm statistics serve it (per-domain BatchNorm)")
+    evaluate.add_argument("--via", action="append", default=[], metavar="MODALITY",
+                          help="cross-modal transfer, for a run that aligned two modalities (contrastive-alignment): "
+                               "predict from this modality's aligned embedding with a probe trained on the other "
+                               "modality's embeddings of source/val (cross-fitted on source/val itself; repeatable)")
     evaluate.add_argument("--json", action="store_true")
 
     predict = commands.add_parser(
@@ -318,12 +322,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.drop_modality:
             raise ConfigError("--drop-modality works on the run's own splits; with --data, leave the modality's "
                               "column out of the manifest instead")
+        if args.via:
+            raise ConfigError("--via works on the run's own splits (its probe trains on the run's training split); "
+                              "it cannot be combined with --data")
         from transmodal.evaluate_data import evaluate_on
 
         metrics, header = evaluate_on(args.run_dir, args.data, args.checkpoint, args.domain)
     else:
         metrics, header = run.evaluate_run(_existing_run_dir(args.run_dir), args.checkpoint,
-                                           tuple(args.drop_modality), detailed=True)
+                                           tuple(args.drop_modality), detailed=True,
+                                           via=tuple(dict.fromkeys(args.via)))
     if args.json:
         print(json.dumps({**header, "dropped": args.drop_modality, "metrics": metrics}, indent=2))
         return EXIT_OK
@@ -332,6 +340,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{'split':<14}{'accuracy':>10}{'macro-F1':>10}{'loss':>9}")
     for split, values in metrics.items():
         print(f"{split:<14}{values['accuracy']:>10.4f}{values['macro_f1']:>10.4f}{values['loss']:>9.4f}")
+    cross_modal = _cross_modal_lines(metrics)
+    if cross_modal:
+        print("\n" + "\n".join(cross_modal))
     for split, values in metrics.items():
         if "per_class" in values:
             print(f"\n{split}: per class (--json adds the confusion matrix)")
@@ -340,6 +351,32 @@ def _evaluate(args: argparse.Namespace) -> int:
                 print(f"  {name[:24]:<24}{scores['precision']:>10.4f}{scores['recall']:>10.4f}{scores['f1']:>10.4f}"
                       f"{scores['support']:>9}")
     return EXIT_OK
+
+
+def _cross_modal_lines(metrics: dict[str, Any]) -> list[str]:
+    """Retrieval, zero-shot and transfer metrics of the splits that have them (runs with contrastive-alignment)."""
+    lines: list[str] = []
+    retrieval = {split: values["retrieval"] for split, values in metrics.items() if "retrieval" in values}
+    if retrieval:
+        lines.append("retrieval (ties count against the query; chance R@1 is 1/pool)")
+        lines.append(f"{'split':<14}{'direction':<16}{'pool':>6}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'median rank':>13}")
+        for split, values in retrieval.items():
+            for direction, scores in values.items():
+                if isinstance(scores, dict):
+                    lines.append(f"{split:<14}{direction:<16}{values['pool']:>6}{scores['R@1']:>8.4f}"
+                                 f"{scores['R@5']:>8.4f}{scores['R@10']:>8.4f}{scores['median_rank']:>13g}")
+    for split, values in metrics.items():
+        if "zero_shot" in values:
+            shot = values["zero_shot"]
+            unknown = 100 * shot["unknown_token_fraction"]
+            lines.append(f"{split}: zero-shot accuracy {shot['accuracy']:.4f} ({shot['modality']} against "
+                         f"{shot['prototypes']} prototypes of the class names; {unknown:.0f}% of their tokens "
+                         f"unknown to the tokenizer)")
+    for split, values in metrics.items():
+        for via, transfer in values.get("transfer", {}).items():
+            lines.append(f"{split}: via {via} accuracy {transfer['accuracy']:.4f} (probe trained on "
+                         f"{transfer['trained_on']}; trained on {via} itself: {transfer['within']['accuracy']:.4f})")
+    return lines
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -16,6 +16,15 @@ from transmodal.fusion import Fusion, pool_tokens, presence
 class ModelOutput:
     logits: torch.Tensor  # (B, num_classes)
     features: torch.Tensor  # (B, fusion.output_dim): what alignment strategies work on
+    # Each modality's encoder output, (B, out_dim), token outputs mean-pooled over their real tokens: what
+    # cross-modal strategies (contrastive-alignment) align. Rows of an absent modality are zeros or meaningless;
+    # the batch's presence masks say which (``transmodal.cross_modal.present_rows``).
+    modality_features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self, index: slice) -> ModelOutput:
+        """The same outputs for a slice of the batch's rows."""
+        return ModelOutput(self.logits[index], self.features[index],
+                           {m: value[index] for m, value in self.modality_features.items()})
 
 
 class TransmodalModel(nn.Module):
@@ -91,9 +100,13 @@ class TransmodalModel(nn.Module):
     ) -> ModelOutput:
         features, present, token_masks = self.encode(batch, present)
         fused = self.fusion(features, present or None, token_masks)
+        pooled = {m: pool_tokens(value, token_masks[m]) if value.dim() == 3 else value
+                  for m, value in features.items()}
         if isinstance(self.head, LateFusionHeads):
-            return ModelOutput(logits=self.head(features, present or None, token_masks), features=fused)
-        return ModelOutput(logits=self.head(fused), features=fused)
+            logits = self.head(features, present or None, token_masks)
+        else:
+            logits = self.head(fused)
+        return ModelOutput(logits=logits, features=fused, modality_features=pooled)
 
     def _drop_modalities(
         self, present: dict[str, torch.Tensor], batch_size: int, device: torch.device

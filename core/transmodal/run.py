@@ -184,10 +184,11 @@ def _notice(message: str) -> None:
 
 def evaluate_run(
     run_dir: Path, checkpoint: str = "best", drop_modalities: tuple[str, ...] = (), plugins: Plugins | None = None,
-    detailed: bool = False,
+    detailed: bool = False, via: tuple[str, ...] = (),
 ) -> tuple[Metrics, dict[str, Any]]:
     """Metrics of a saved checkpoint on every evaluation split (``detailed``: per class, and the confusion
-    matrix); returns them and the checkpoint's header."""
+    matrix; where the run aligned two modalities, retrieval and zero-shot metrics, and with ``via``, cross-modal
+    transfer to each of these modalities: see ``cross_modal.py``); returns them and the checkpoint's header."""
     experiment = load_run_experiment(run_dir)
     _configure_threads(experiment)
     path = run_dir / CHECKPOINTS / f"{checkpoint}.pt"
@@ -204,4 +205,4 @@ def evaluate_run(
     with restoring_from(path):
         trainer.load_weights(state)
     header = {"checkpoint": checkpoint, "epoch": state["epoch"], "selected_by": state.get("selected_by")}
-    return trainer.evaluate(drop_modalities, detailed=detailed), header
+    return trainer.evaluate(drop_modalities, detailed=detailed, via=via), header

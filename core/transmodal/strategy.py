@@ -12,18 +12,27 @@ Strategies compose as a list. The trainer calls, in order of the list:
 * ``before_evaluate(model, target_batches)``: e.g. re-estimate BatchNorm statistics on the target domain,
   and ``after_evaluate(model)`` to undo it before training goes on;
 * ``state_dict`` / ``load_state_dict``: whatever a resumed run needs to continue exactly.
+
+Besides the hooks, a strategy may set ``task_weight`` (the classification loss is multiplied by the product of
+the strategies' factors: 0 trains their own losses alone), ``saved_with_weights`` (its ``modules()`` belong to the
+trained model and are kept in ``best.pt`` too, so that an evaluation rebuilds them), and answer
+``aligned_space()`` with the shared embedding space of two modalities that it trains, which evaluation uses for
+retrieval, zero-shot and cross-modal transfer metrics (``transmodal.cross_modal``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from transmodal.model import ModelOutput, TransmodalModel
+
+if TYPE_CHECKING:
+    from transmodal.cross_modal import AlignedSpace
 
 
 @dataclass
@@ -71,6 +80,8 @@ class Strategy:
     needs_unlabelled_target: bool = False
     adversarial: bool = False  # trains against a domain discriminator; two at once cannot be combined
     decides_trainable: bool = False  # sets which parameters train (freezing); two such strategies would overrule
+    task_weight: float = 1.0  # factor on the classification loss ("task"); 0: this strategy's losses train alone
+    saved_with_weights: bool = False  # modules() are part of the trained model: best.pt keeps them
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
         pass
@@ -101,6 +112,10 @@ class Strategy:
 
     def after_evaluate(self, model: TransmodalModel) -> None:
         pass
+
+    def aligned_space(self) -> AlignedSpace | None:
+        """The shared space in which this strategy aligns two modalities, once set up; None for most strategies."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

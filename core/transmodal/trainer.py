@@ -22,6 +22,16 @@ from torch import nn
 from tqdm import tqdm
 
 from transmodal.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from transmodal.cross_modal import (
+    AlignedSpace,
+    SplitAlignment,
+    check_via,
+    class_prototypes,
+    cross_fitted_transfer,
+    embeddings_of,
+    fit_probe,
+    zero_shot_modalities,
+)
 from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch, presence_key
 from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
@@ -102,6 +112,7 @@ class Trainer:
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = self.steps_per_epoch * self.config.epochs
         self.needs_target = any(s.needs_unlabelled_target for s in self.strategies)
+        self.task_weight = math.prod(s.task_weight for s in self.strategies)
         per_domain = self.config.batchnorm == "per-domain" and self.needs_target and batchnorm_layers(self.model)
         self.target_statistics = TargetStatistics(self.model) if per_domain else None
         self._evaluation_context = contextlib.ExitStack()
@@ -345,15 +356,14 @@ class Trainer:
                 joint[presence_key(m)] = torch.cat([_presence(source, m), _presence(target, m)])
         output = self.model(joint)
         size = source["label"].shape[0]
-        return (
-            ModelOutput(output.logits[:size], output.features[:size]),
-            ModelOutput(output.logits[size:], output.features[size:]),
-        )
+        return output.rows(slice(None, size)), output.rows(slice(size, None))
 
     def _loss_terms(self, source: Batch, target: Batch | None) -> StepLosses:
         """The step's named loss terms ("task" first) and the values strategies report about it."""
         source_output, target_output = self.forward_pair(source, target)
         task = nn.functional.cross_entropy(source_output.logits.float(), source["label"])
+        if self.task_weight != 1.0:
+            task = task * self.task_weight
         step = StepData(
             model=self.model, source=source, source_output=source_output, step=self.step,
             progress=self.step / max(1, self.total_steps), target=target, target_output=target_output,
@@ -401,17 +411,27 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------------------
 
+    def aligned_space(self) -> AlignedSpace | None:
+        """The space in which a strategy aligns two modalities (contrastive-alignment), if one does."""
+        return next((space for s in self.strategies if (space := s.aligned_space()) is not None), None)
+
     @torch.inference_mode()
     def evaluate(self, drop_modalities: tuple[str, ...] = (),
-                 before_target: Callable[[], None] | None = None, detailed: bool = False) -> Metrics:
+                 before_target: Callable[[], None] | None = None, detailed: bool = False,
+                 via: tuple[str, ...] = ()) -> Metrics:
         """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent (``detailed``:
-        also per class, and the confusion matrix).
+        also per class, and the confusion matrix). Where a strategy aligns two modalities, also retrieval and
+        zero-shot metrics, and for each modality of ``via`` cross-modal transfer (see ``cross_modal.py``).
 
         Source splits are evaluated as the model trained; then the strategies prepare the model for the target
         domain (``before_evaluate``: AdaBN's target statistics) and the other splits are evaluated, so that each
         domain is measured as it would be deployed and source-val never sees target statistics. The model stays
         prepared for the validators until ``finish_evaluation``; ``before_target`` runs just before it is prepared."""
         self.model.eval()
+        space = self.aligned_space()
+        # Trained on source/val, before the model is prepared for the target; source/val's own transfer is
+        # cross-fitted there and then (see cross_modal.py).
+        probes, held_out = self._transfer_probes(space, via) if via else ({}, {})
         source_first = sorted(self.data.evaluation, key=lambda name: not name.startswith(SOURCE_PREFIX))
         prepared = False
         results: Metrics = {}
@@ -421,19 +441,65 @@ class Trainer:
                 prepared = True
             loader = self.data.evaluation[name]
             meter = ClassificationMeter(self.model.num_classes, self.device)
+            alignment = self._split_alignment(space, drop_modalities, {} if name == SOURCE_VAL else probes)
             for batch in loader.epoch():
                 batch = move_batch(batch, self.device)
                 for modality in drop_modalities:
                     batch.pop(modality, None)
                 with self.autocast():
-                    logits = self.model(batch).logits
-                meter.update(logits, batch["label"])
+                    output = self.model(batch)
+                meter.update(output.logits, batch["label"])
+                if alignment is not None:
+                    alignment.update(batch, output)
             for total in (meter.confusion, meter.loss_sum):  # each rank saw its share of the split
                 self.world.sum_(total)
             results[name] = meter.compute(self.data.bundle.classes if detailed else None)
+            if alignment is not None:
+                results[name].update(alignment.compute(self.world))
+            if name == SOURCE_VAL and held_out:
+                results[name]["transfer"] = held_out
         if not prepared:
             self._prepare_for_target(before_target)
         return {name: results[name] for name in self.data.evaluation}
+
+    def _split_alignment(self, space: AlignedSpace | None, dropped: tuple[str, ...],
+                         probes: dict[str, tuple[nn.Linear, nn.Linear]]) -> SplitAlignment | None:
+        """What gathers one split's aligned embeddings; the class prototypes are embedded anew for each split, as
+        the split's samples are (a target split's with the target's BatchNorm statistics)."""
+        if space is None:
+            return None
+        prototypes = None
+        kinds = {name: spec.kind for name, spec in self.data.modalities.items()}
+        chosen = zero_shot_modalities(space, kinds)
+        if chosen is not None and chosen[1] not in dropped and chosen[0] in self.data.tokenizers:
+            text, query = chosen
+            with self.autocast():
+                embedded = class_prototypes(self.model, space, text, self.data.tokenizers[text],
+                                            self.data.bundle.classes, self.device)
+            prototypes = (text, query, embedded)
+        kept = {via: probe for via, probe in probes.items() if via not in dropped}
+        return SplitAlignment(space, self.model.num_classes, self.device, prototypes, kept)
+
+    def _transfer_probes(self, space: AlignedSpace | None, via: tuple[str, ...]
+                         ) -> tuple[dict[str, tuple[nn.Linear, nn.Linear]], dict[str, Any]]:
+        """For each ``via`` modality: a probe trained on the other modality's aligned embeddings of source/val, and
+        one trained on its own (the reference); and source/val's own transfer metrics, cross-fitted."""
+        for modality in via:
+            check_via(space, modality, self.model.modalities)
+        assert space is not None
+        if SOURCE_VAL not in self.data.evaluation:
+            raise ConfigError(f"--via: the transfer probe trains on the labelled {SOURCE_VAL} split, held out from "
+                              f"training, and this dataset has none")
+        embedded = {m: embeddings_of(self._batches(self.data.evaluation[SOURCE_VAL]), self.model, space, m,
+                                     space.probe_samples, self.autocast)
+                    for m in {m for v in via for m in (v, space.other(v))}}
+        classes = self.model.num_classes
+        fitted = {m: fit_probe(x, y, classes) for m, (x, y, _) in embedded.items()}
+        held_out = {v: cross_fitted_transfer(embedded[space.other(v)], embedded[v], classes, self.device)
+                    for v in via}
+        for v, metrics in held_out.items():
+            metrics["trained_on"] = space.other(v)
+        return {v: (fitted[space.other(v)], fitted[v]) for v in via}, held_out
 
     def _prepare_for_target(self, before: Callable[[], None] | None) -> None:
         if before is not None:
@@ -522,6 +588,7 @@ class Trainer:
             "model": self.model.state_dict(),
             **({"target_batchnorm": self.target_statistics.state_dict()} if self.target_statistics else {}),
             "tokenizers": {m: t.state() for m, t in self.data.tokenizers.items()},
+            **({"strategy_weights": kept} if (kept := self._strategy_weights()) else {}),
             "classes": list(self.data.bundle.classes),
             "selected_by": self.validator.describe(),
             "selected_value": self.best["value"],
@@ -580,9 +647,26 @@ class Trainer:
         self.final_details = dict(state.get("final_details", {}))
         self.position = state.get("position")  # absent from checkpoints written before step checkpoints
 
+    def _strategy_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The modules of the strategies that are part of the trained model (``saved_with_weights``), by the
+        strategy's position in the list and its name, e.g. "0.contrastive-alignment"."""
+        return {f"{index}.{strategy.name}": module.state_dict()
+                for index, (strategy, module) in enumerate(zip(self.strategies, self.strategy_modules))
+                if strategy.saved_with_weights}
+
     def load_weights(self, state: dict[str, Any]) -> None:
-        """The model's weights and, with per-domain BatchNorm, the target's statistics."""
+        """The model's weights, the modules of strategies saved with them and, with per-domain BatchNorm, the
+        target's statistics."""
         load_model_weights(self.model, state["model"])
+        saved = state.get("strategy_weights", {})
+        for index, (strategy, module) in enumerate(zip(self.strategies, self.strategy_modules)):
+            if not strategy.saved_with_weights:
+                continue
+            key = f"{index}.{strategy.name}"
+            if key not in saved:
+                raise CheckpointError(f"checkpoint has no weights of strategy {key}, which this run's model uses "
+                                      f"(it has {', '.join(saved) or 'none'})")
+            load_model_weights(module, saved[key])
         if self.target_statistics is not None:
             if "target_batchnorm" not in state:
                 raise CheckpointError("checkpoint has no target BatchNorm statistics, but this run uses "

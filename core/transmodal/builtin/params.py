@@ -19,6 +19,11 @@ class SyntheticShapesParams(BaseModel):
     image_size: int = Field(32, ge=16, le=128)
     seed: int = Field(0, ge=0, le=2**32 - 1,
                       description="Seed of the generated data (independent of the training seed).")
+    caption_shape: bool = Field(False, description="End each caption with the shape's name ('it is a circle.'): "
+                                                   "the caption then carries the whole class, and image and caption "
+                                                   "share the shape, which cross-modal transfer and zero-shot "
+                                                   "classification by class names need. Off: the shape is only in "
+                                                   "the image, the attribute only in the caption.")
 
 class SmallCNNParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -78,8 +78,10 @@ class RenderedSplit:
     labels: torch.Tensor  # int64 (N,)
 
 
-def render_split(domain: str, n: int, seed: int, image_size: int = 32) -> RenderedSplit:
-    """Render ``n`` paired samples of ``domain``; identical output for identical arguments."""
+def render_split(domain: str, n: int, seed: int, image_size: int = 32, caption_shape: bool = False) -> RenderedSplit:
+    """Render ``n`` paired samples of ``domain``; identical output for identical arguments. ``caption_shape``
+    ends each caption with a sentence naming the shape ("it is a circle."), drawing nothing more from the
+    generator, so images, labels and the rest of each caption stay as without it."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
     g = torch.Generator().manual_seed(seed)
@@ -110,6 +112,8 @@ def render_split(domain: str, n: int, seed: int, image_size: int = 32) -> Render
         images[sl] = img.clamp_(0, 1).mul_(255).round_()
 
     captions = _captions(attr, colour, size, centre, g)
+    if caption_shape:
+        captions = [f"{caption} it is a {SHAPES[k]}." for caption, k in zip(captions, shape.tolist())]
     labels = shape * len(ATTRIBUTES) + attr
     return RenderedSplit(images=images, captions=captions, labels=labels)
 

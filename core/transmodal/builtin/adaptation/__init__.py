@@ -1,12 +1,14 @@
 """The core's adaptation plugin: fine-tuning schedules, regularisers, AdaBN, domain alignment, self-training,
-and validators that select checkpoints without target labels. Registered through the same hooks as any
-plugin; the modules with the implementations are imported only when a component is built."""
+contrastive alignment of two modalities, and validators that select checkpoints without target labels.
+Registered through the same hooks as any plugin; the modules with the implementations are imported only when a
+component is built."""
 
 from __future__ import annotations
 
 from transmodal.builtin.adaptation.params import (
     AdaBNParams,
     CDANParams,
+    ContrastiveAlignmentParams,
     CoralParams,
     DEVParams,
     EntropyMinParams,
@@ -54,6 +56,8 @@ def register_strategies(register: Register) -> None:
              "Minimum class confusion of target predictions (Jin et al., 2020): no discriminator.")
     register("pseudo-label", f"{_HERE}.self_training:build_pseudo_label", PseudoLabelParams,
              "Confident target predictions as labels, optionally from a mean teacher (EMA).")
+    register("contrastive-alignment", f"{_HERE}.contrastive:build_contrastive_alignment", ContrastiveAlignmentParams,
+             "CLIP's symmetric InfoNCE between two modalities' projected encoder outputs (Radford et al., 2021).")
 
 
 @hookimpl

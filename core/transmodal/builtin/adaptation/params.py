@@ -174,3 +174,53 @@ class DEVParams(BaseModel):
     l2: float = Field(1e-2, gt=0.0, description="L2 penalty of the logistic domain classifier (on standardised "
                                                 "features); keeps the importance weights finite.")
     steps: int = Field(200, ge=1, description="LBFGS iterations fitting the domain classifier.")
+
+
+# -- cross-modal alignment --------------------------------------------------------------------------------------
+
+
+class ContrastiveAlignmentParams(WeightSchedule):
+    """CLIP's objective (Radford et al., 2021) between two modalities of one model."""
+
+    modalities: list[str] | None = Field(
+        None, min_length=2, max_length=2,
+        description="The two modalities aligned, as named in model.encoders (default: the model's first two, in "
+                    "sorted order, e.g. [image, text]).")
+    dim: int = Field(128, ge=1, le=65_536, description="Width of the shared space each modality's encoder output "
+                                                       "is projected to (a linear map without bias, as in CLIP).")
+    temperature: float = Field(0.07, gt=0.0, le=100.0, description="Starting softmax temperature: the logit scale "
+                                                                   "starts at log(1 / temperature) (0.07: CLIP).")
+    learn_temperature: bool = Field(True, description="Learn the logit scale, as CLIP does; false keeps it fixed.")
+    max_scale: float = Field(100.0, ge=1.0, le=1e4, description="The logit scale exp(s) is clamped at this value "
+                                                                "after each step (100: CLIP).")
+    source_pairs: bool = Field(True, description="Align the labelled source batch's pairs (their labels are not "
+                                                 "used by this loss).")
+    target_pairs: bool = Field(False, description="Also align the unlabelled target-domain pairs of each step (the "
+                                                  "dataset must have an unlabelled target split).")
+    task_weight: float = Field(1.0, ge=0.0, description="Factor on the classification loss while this strategy "
+                                                        "is used: 0 trains the alignment alone (pre-alignment; the "
+                                                        "head then stays untrained).")
+    retrieval_pool: int = Field(1000, ge=2, le=100_000, description="Retrieval metrics rank each query among the "
+                                                                   "first this many pairs of an evaluation split "
+                                                                   "(Recall@K depends on the pool's size: 1000 as "
+                                                                   "Flickr30k's test set).")
+    zero_shot_prompt: str = Field("{}", min_length=2, max_length=500,
+                                  description="Text embedded for each class in zero-shot classification, '{}' "
+                                              "standing for the class name (CLIP: 'a photo of a {}.').")
+    probe_samples: int = Field(5000, ge=2, le=1_000_000, description="source/val samples (held out from "
+                                                                    "training) whose embeddings train the probe of "
+                                                                    "`transmodal evaluate --via`.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ContrastiveAlignmentParams:
+        if self.modalities is not None and self.modalities[0] == self.modalities[1]:
+            raise ValueError(f"modalities: name two different modalities, not {self.modalities[0]} twice")
+        if "{}" not in self.zero_shot_prompt:
+            raise ValueError(f"zero_shot_prompt: write {{}} where the class name goes, e.g. 'a photo of a {{}}.'; "
+                             f"got {self.zero_shot_prompt!r}")
+        if not (self.source_pairs or self.target_pairs):
+            raise ValueError("source_pairs and target_pairs are both false: nothing would be aligned")
+        if self.temperature < 1.0 / self.max_scale:
+            raise ValueError(f"temperature {self.temperature} starts the logit scale at {1 / self.temperature:g}, "
+                             f"above max_scale {self.max_scale:g}")
+        return self
