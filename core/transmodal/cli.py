@@ -182,10 +182,12 @@ def _parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="validate a config, or print its JSON schema")
     config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
-    validate = config_commands.add_parser("validate", help="check a config file without training")
-    validate.add_argument("file", type=Path)
+    validate = config_commands.add_parser(
+        "validate", help="check a config file without training (no FILE: the default experiment)")
+    validate.add_argument("file", type=Path, nargs="?")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
-    config_commands.add_parser("schema", help="JSON schema of the experiment config (for editors)")
+    config_commands.add_parser("schema", help="JSON schema of the experiment config, with every installed "
+                                              "component's parameters (for editors)")
 
     data = commands.add_parser("data", help="write the embedded dataset as image files and a manifest")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -530,15 +532,17 @@ def _type_name(annotation: Any) -> str:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from transmodal.config import Experiment, load_experiment, validate_components
+    from transmodal.config import load_experiment, validate_components
     from transmodal.plugins import get_plugins
 
     if args.config_command == "schema":
-        print(json.dumps(Experiment.model_json_schema(), indent=2))
+        from transmodal.schema import experiment_schema
+
+        print(json.dumps(experiment_schema(get_plugins()), indent=2))
         return EXIT_OK
     experiment = load_experiment(args.file, args.overrides)
     resolved = validate_components(experiment, get_plugins())
-    print(f"{args.file}: valid ({len(resolved)} components: "
+    print(f"{args.file or 'the default experiment'}: valid ({len(resolved)} components: "
           + ", ".join(f"{r.component.kind} {r.component.name}" for r in resolved.values()) + ")")
     return EXIT_OK
 
