@@ -116,3 +116,18 @@ def test_a_resumed_run_logs_each_step_once(tiny, monkeypatch: pytest.MonkeyPatch
     full_scalars = tensorboard_scalars(full_dir)
     assert [v for _, v in scalars["epoch/target/test/accuracy"]] == \
         pytest.approx([v for _, v in full_scalars["epoch/target/test/accuracy"]])
+
+
+def test_a_run_logged_to_tensorboard_still_evaluates_without_the_package(tiny, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("tensorboard")
+    summary, run_dir = transmodal.train(tiny("trainer.epochs=1", "output.loggers=[tensorboard]"), quiet=True)
+    assert list((run_dir / "tensorboard").iterdir())
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorboard" else find_spec(name, *args))
+    from transmodal.run import evaluate_run
+
+    metrics, _ = evaluate_run(run_dir)
+    assert metrics["target/test"]["accuracy"] == summary["best"]["target/test"]["accuracy"]
+    with pytest.raises(ConfigError, match=r"transmodal\[tensorboard\]"):
+        resume(run_dir, quiet=True)

@@ -22,7 +22,7 @@ from transmodal.config import MAX_SEED, Experiment, load_experiment, resolved_co
 from transmodal.distributed import World, process_group
 from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
 from transmodal.experiment import assemble
-from transmodal.loggers import trim_logs
+from transmodal.loggers import check_loggers, trim_logs
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
     CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints, write_text_atomic,
@@ -60,6 +60,7 @@ def train(
 def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins | None,
            run_dir: Path | None) -> tuple[dict[str, Any], Path]:
     quiet = quiet or not world.is_main
+    check_loggers(experiment.output.loggers)  # before anything is built or written
     seed_everything(experiment.trainer.seed)
     assembled = assemble(experiment, plugins)
     # Built before the run directory: config errors leave nothing.
@@ -135,6 +136,7 @@ def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -
 def _resume(run_dir: Path, experiment: Experiment, world: World, quiet: bool,
             plugins: Plugins | None) -> dict[str, Any]:
     quiet = quiet or not world.is_main
+    check_loggers(experiment.output.loggers)
     path = run_dir / CHECKPOINTS / "last.pt"
     if world.is_main:
         remove_temporary_checkpoints(run_dir)

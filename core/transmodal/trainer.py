@@ -27,7 +27,7 @@ from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from transmodal.experiment import Assembled
-from transmodal.loggers import Loggers, check_loggers, open_loggers
+from transmodal.loggers import Loggers, open_loggers
 from transmodal.metrics import DETAILS, ClassificationMeter
 from transmodal.model import ModelOutput
 from transmodal.optim import build_optimizer, build_scheduler
@@ -90,7 +90,6 @@ class Trainer:
         self.quiet = quiet
         self.world = world
         self.device = world.device(resolve_device(self.config.device))
-        check_loggers(self.experiment.output.loggers)
         _check_precision(self.config.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(self.config.flush_denormal)
