@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="one run per seed, in parallel processes, then compared (see transmodal compare)")
     train.add_argument("--over", action="append", default=[], metavar="PATH=V1,V2",
                        help="also one run per value (repeatable: the cartesian product), e.g. "
-                            "--over model.fusion.name=concat,gated")
+                            "--over optimizer.lr=0.001,0.0003")
     train.add_argument("--jobs", type=int, metavar="N",
                        help="with --seeds/--over: runs at a time (default: one per core, or one per GPU)")
 

@@ -316,8 +316,8 @@ class Trainer:
         sums then), read from the device in one transfer; under torchrun the mean over the ranks, a collective
         every rank makes, and the throughput of all of them together."""
         names = list(totals)
-        means = torch.stack([(totals[name] - logged[name]) if name in logged else totals[name]
-                             for name in names]).float() / steps
+        means = torch.stack([((totals[name] - logged[name]) if name in logged else totals[name]).float()
+                             for name in names]) / steps
         if self.world.distributed:
             means = self.world.sum_(means) / self.world.world_size
         if not self.world.is_main:
