@@ -56,3 +56,32 @@ def test_config_validate_without_a_file_checks_the_default_experiment(capsys, tm
     path = tmp_path / "default.yaml"
     path.write_text(yaml.safe_dump(default_experiment_dict()))
     assert main(["config", "validate", str(path)]) == 0
+
+
+def test_parameter_models_that_share_a_definition_name_keep_their_own():
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from transmodal.schema import _merge_definitions
+
+    class Mode(BaseModel):
+        kind: Literal["a", "b"] = "a"
+
+    class FirstParams(BaseModel):
+        mode: Mode = Mode()
+
+    definitions: dict = {}
+    first = _merge_definitions(FirstParams.model_json_schema(ref_template="#/$defs/{model}"), "fusion.x", definitions)
+
+    class Mode(BaseModel):  # noqa: F811 - another plugin's model of the same name
+        size: int = 3
+
+    class SecondParams(BaseModel):
+        mode: Mode = Mode()
+
+    second = _merge_definitions(SecondParams.model_json_schema(ref_template="#/$defs/{model}"), "fusion.y",
+                                definitions)
+    assert first["properties"]["mode"]["$ref"] == "#/$defs/Mode"
+    assert second["properties"]["mode"]["$ref"] == "#/$defs/fusion.y.Mode"
+    assert "kind" in definitions["Mode"]["properties"] and "size" in definitions["fusion.y.Mode"]["properties"]

@@ -48,9 +48,8 @@ def _choices(plugins: Any, kinds: tuple[str, ...], definitions: dict[str, Any]) 
     options = []
     for kind in kinds:
         for component in plugins.registry(kind).components.values():
-            params = component.params.model_json_schema(ref_template="#/$defs/{model}")
-            for key, definition in params.pop("$defs", {}).items():
-                _add_definition(definitions, key, definition)
+            params = _merge_definitions(component.params.model_json_schema(ref_template="#/$defs/{model}"),
+                                        f"{kind}.{component.name}", definitions)
             options.append({
                 "type": "object",
                 "title": f"{kind} {component.name}",
@@ -64,8 +63,22 @@ def _choices(plugins: Any, kinds: tuple[str, ...], definitions: dict[str, Any]) 
             "anyOf": options}
 
 
-def _add_definition(definitions: dict[str, Any], key: str, definition: dict[str, Any]) -> None:
-    existing = definitions.get(key)
-    if existing is not None and json.dumps(existing, sort_keys=True) != json.dumps(definition, sort_keys=True):
-        raise ValueError(f"two parameter models define '{key}' differently in the config schema")
-    definitions[key] = definition
+def _merge_definitions(params: dict[str, Any], owner: str, definitions: dict[str, Any]) -> dict[str, Any]:
+    """Move the parameter model's own definitions (nested models, enums) into the schema's; one whose name another
+    component already uses differently is renamed after its owner, and the references to it follow."""
+    own = params.pop("$defs", {})
+    renamed = {key: f"{owner}.{key}" for key, definition in own.items()
+               if key in definitions and _canonical(definitions[key]) != _canonical(definition)}
+    if renamed:
+        text = json.dumps({"params": params, "defs": own})
+        for key, new in renamed.items():
+            text = text.replace(json.dumps(f"#/$defs/{key}"), json.dumps(f"#/$defs/{new}"))
+        moved = json.loads(text)
+        params, own = moved["params"], moved["defs"]
+    for key, definition in own.items():
+        definitions[renamed.get(key, key)] = definition
+    return params
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
