@@ -67,6 +67,12 @@ def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path: Path):
         assert two["final"][split]["accuracy"] == one["final"][split]["accuracy"]
     for first, second in zip(records(runs / "one"), records(runs / "two")):
         assert second["train"]["loss"] == pytest.approx(first["train"]["loss"], abs=1e-4)
+    # Step records (output.loggers: jsonl) come from rank 0 alone, averaged over both ranks' shares of each batch.
+    steps = {name: [json.loads(line) for line in (runs / name / "steps.jsonl").read_text().splitlines()]
+             for name in ("one", "two")}
+    assert [r["step"] for r in steps["two"]] == [r["step"] for r in steps["one"]] == [8, 16]
+    for first, second in zip(steps["one"], steps["two"]):
+        assert second["loss"] == pytest.approx(first["loss"], abs=1e-4)
 
 
 def test_a_killed_rank_stops_the_job_and_resume_completes_it(tmp_path: Path):

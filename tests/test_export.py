@@ -69,3 +69,54 @@ def test_export_refuses_an_existing_folder_and_leaves_nothing_half_written(run_d
     with pytest.raises(OSError):
         transmodal.load(run_dir).export(tmp_path / "new", "torchscript")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_onnx_matches_pytorch_with_onnxruntime(run_dir, tmp_path, capsys):
+    """One export for the target domain (its own BatchNorm statistics built in), run by onnxruntime."""
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(package)
+    import json
+
+    import onnxruntime
+
+    assert main(["export", str(run_dir), "--format", "onnx", "--domain", "target",
+                 "--output", str(tmp_path / "onnx")]) == 0
+    assert "[torch.onnx]" not in capsys.readouterr().out  # the exporter's progress lines are kept quiet
+    bundle = tmp_path / "onnx"
+    assert sorted(p.name for p in bundle.iterdir()) == ["config.yaml", "model.json", "model.onnx", "tokenizers"]
+    assert (bundle / "tokenizers" / "text.json").is_file()  # the tokenizer travels with the model
+    original = transmodal.load(run_dir)
+    loaded = transmodal.load(bundle)
+    for size, length in ((1, 3), (7, 11)):
+        batch = sample_batch(original, size=size, length=length)
+        batch["present/text"][0] = False  # a sample without its caption
+        torch.testing.assert_close(loaded.forward_logits(batch, "target"), original.forward_logits(batch, "target"),
+                                   rtol=1e-4, atol=1e-5)
+    texts = ["a calm red circle", "something angry"]
+    assert loaded.predict(texts, domain="target")[0]["prediction"] == \
+        original.predict(texts, domain="target")[0]["prediction"]
+    with pytest.raises(transmodal.ConfigError, match="exported for the target domain"):
+        loaded.predict(texts, domain="source")
+    # Another runtime needs only the file and model.json's map of inputs to modalities.
+    inputs = json.loads((bundle / "model.json").read_text())["export"]["onnx_inputs"]
+    session = onnxruntime.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = loaded.full_batch(sample_batch(original, size=2, length=4))
+    logits = session.run(["logits"], {name: batch[key].numpy() for name, key in inputs})[0]
+    torch.testing.assert_close(torch.from_numpy(logits), original.forward_logits(batch, "target"),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_without_its_packages_names_the_extra(run_dir, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("no onnxruntime", name="onnxruntime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    with pytest.raises(transmodal.ConfigError, match=r"transmodal\[onnx\]"):
+        transmodal.load(run_dir).export(tmp_path / "onnx", "onnx")
+    assert not (tmp_path / "onnx").exists()

@@ -35,6 +35,9 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy
     ["plugins"],
     ["config", "validate", str(EXAMPLES / "shapes_fused.yaml")],
     ["config", "validate", str(EXAMPLES / "shapes_fused.yaml"), "--set", "model.fusion={name: tensor, project: 8}"],
+    ["config", "validate"],
+    ["config", "schema"],
+    ["compare", "--help"],
 ])
 def test_command_does_not_import_torch(args: list[str]):
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)

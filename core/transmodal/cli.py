@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set trainer.epochs=3 (repeatable)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    train.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       help="one run per seed, in parallel processes, then compared (see transmodal compare)")
+    train.add_argument("--over", action="append", default=[], metavar="PATH=V1,V2",
+                       help="also one run per value (repeatable: the cartesian product), e.g. "
+                            "--over optimizer.lr=0.001,0.0003")
+    train.add_argument("--jobs", type=int, metavar="N",
+                       help="with --seeds/--over: runs at a time (default: one per core, or one per GPU)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's checkpoint on its evaluation splits")
     evaluate.add_argument("run_dir", type=Path)
@@ -111,11 +118,21 @@ def _parser() -> argparse.ArgumentParser:
 
     export_model = commands.add_parser("export", help="export a run's model with its config and tokenizers")
     export_model.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    export_model.add_argument("--format", choices=["safetensors", "torchscript"], default="safetensors")
+    export_model.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], default="safetensors",
+                              help="onnx needs the onnx extra: pip install \"transmodal[onnx]\"")
     export_model.add_argument("--output", type=Path, help="a new folder (default: RUN_DIR/export-FORMAT)")
     export_model.add_argument("--domain", choices=["source", "target"], default="source",
-                              help="torchscript: whose BatchNorm statistics are traced in")
+                              help="torchscript, onnx: whose BatchNorm statistics are built in")
     export_model.add_argument("--checkpoint", choices=["best", "last"], default="best")
+
+    compare = commands.add_parser(
+        "compare", help="finished runs as a table: mean ± std over seeds, grouped by config differences",
+        description="Groups runs by the settings their config.yaml files differ in (not the seed) and prints each "
+                    "group's mean ± standard deviation, of the checkpoint each run's validator chose, and of the "
+                    "oracle epoch (chosen on target-test labels: an upper bound).")
+    compare.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--format", dest="table_format", choices=["markdown", "csv"], default="markdown")
+    compare.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy")
 
     report = commands.add_parser(
         "report", help="an HTML report of a run (curves, confusion matrices, validators), or of several compared",
@@ -169,10 +186,12 @@ def _parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="validate a config, or print its JSON schema")
     config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
-    validate = config_commands.add_parser("validate", help="check a config file without training")
-    validate.add_argument("file", type=Path)
+    validate = config_commands.add_parser(
+        "validate", help="check a config file without training (no FILE: the default experiment)")
+    validate.add_argument("file", type=Path, nargs="?")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
-    config_commands.add_parser("schema", help="JSON schema of the experiment config (for editors)")
+    config_commands.add_parser("schema", help="JSON schema of the experiment config, with every installed "
+                                              "component's parameters (for editors)")
 
     data = commands.add_parser("data", help="write the embedded dataset as image files and a manifest")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -240,6 +259,8 @@ def _train(args: argparse.Namespace) -> int:
 
     world = launched_world()
     main_process = world.is_main  # under torchrun, rank 0 alone makes the run directory and reports
+    if args.seeds is not None or args.over or args.jobs is not None:
+        return _train_grid(args, world)
     if args.resume is not None:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
@@ -267,6 +288,27 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(_summary_table(summary))
     print(f"run directory: {run_dir}")
+    return EXIT_OK
+
+
+def _train_grid(args: argparse.Namespace, world: World) -> int:
+    from transmodal.compare import compare
+    from transmodal.grid import GridFailed, run_grid
+
+    if args.resume is not None:
+        raise ConfigError("--resume continues one run; resume each run of a grid with transmodal train --resume RUN")
+    if world.distributed:
+        raise ConfigError("--seeds and --over start processes of their own; run them without torchrun")
+    if args.jobs is not None and args.seeds is None and not args.over:
+        raise ConfigError("--jobs sets how many runs of --seeds/--over train at a time; give --seeds or --over")
+    config = Path(args.config) if args.config else None
+    done, failed = run_grid(config, args.overrides, args.seeds, args.over, args.jobs, args.quiet)
+    if done:
+        print()
+        print(compare([run.run_dir for run in done]))
+    if failed:
+        raise GridFailed(f"{len(failed)} of {len(done) + len(failed)} runs failed: "
+                         + ", ".join(run.label for run in failed))
     return EXIT_OK
 
 
@@ -401,6 +443,13 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from transmodal.compare import compare
+
+    print(compare([_existing_run_dir(path) for path in args.run_dirs], args.table_format, args.metric).rstrip("\n"))
+    return EXIT_OK
+
+
 def _write_report(args: argparse.Namespace) -> int:
     from transmodal.report import write_report
 
@@ -520,15 +569,17 @@ def _type_name(annotation: Any) -> str:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from transmodal.config import Experiment, load_experiment, validate_components
+    from transmodal.config import load_experiment, validate_components
     from transmodal.plugins import get_plugins
 
     if args.config_command == "schema":
-        print(json.dumps(Experiment.model_json_schema(), indent=2))
+        from transmodal.schema import experiment_schema
+
+        print(json.dumps(experiment_schema(get_plugins()), indent=2))
         return EXIT_OK
     experiment = load_experiment(args.file, args.overrides)
     resolved = validate_components(experiment, get_plugins())
-    print(f"{args.file}: valid ({len(resolved)} components: "
+    print(f"{args.file or 'the default experiment'}: valid ({len(resolved)} components: "
           + ", ".join(f"{r.component.kind} {r.component.name}" for r in resolved.values()) + ")")
     return EXIT_OK
 
@@ -576,6 +627,7 @@ COMMANDS = {
     "export": _export,
     "report": _write_report,
     "rank": _rank,
+    "compare": _compare,
     "plugins": _plugins,
     "components": _components,
     "config": _config,

@@ -164,7 +164,8 @@ class TrainerConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs CUDA.")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     log_every: int = Field(20, ge=1, le=10**9,
-                           description="Steps between progress updates (each one syncs the device).")
+                           description="Steps between progress updates and step records of output.loggers "
+                                       "(each one syncs the device).")
     num_threads: int | None = Field(None, ge=1, le=MAX_THREADS,
                                     description="CPU threads for torch; default: torch's choice.")
     flush_denormal: bool = Field(True, description="Flush denormal floats on CPU (LSTM backward collapses without).")
@@ -203,6 +204,18 @@ class OutputConfig(_Strict):
     dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
     name: Annotated[str, _file_name(NAME_MAX_BYTES)] | None = Field(
         None, description="Run directory name inside dir; default: experiment name and a timestamp.")
+    loggers: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
+        default_factory=lambda: ["jsonl"], max_length=3,
+        description="Where step records (every trainer.log_every steps: loss terms, learning rates, samples/s) and "
+                    "epoch records go besides metrics.jsonl: jsonl (steps.jsonl), csv (steps.csv, metrics.csv), "
+                    "tensorboard (tensorboard/, the tensorboard extra). [] for none.")
+
+    @field_validator("loggers")
+    @classmethod
+    def _distinct_loggers(cls, loggers: list[str]) -> list[str]:
+        if len(set(loggers)) != len(loggers):
+            raise ValueError("names a logger twice")
+        return loggers
 
 
 class Experiment(_Strict):

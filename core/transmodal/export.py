@@ -8,6 +8,13 @@ the bundle was exported), ``tokenizers/<modality>.json``, and the weights as one
   through the same components, so the plugins that trained it must be installed;
 - ``model.torchscript``: the model traced with ``torch.jit.trace`` on a sample batch, for one domain's BatchNorm
   statistics; it runs without the components' plugins (only the tokenizer's).
+- ``model.onnx`` (``pip install "transmodal[onnx]"``: onnx, onnxscript, onnxruntime): the model exported through
+  ``torch.export`` (``torch.onnx.export(dynamo=True)``) for one domain's BatchNorm statistics, the batch size and
+  each text's length left dynamic; checked with onnxruntime against PyTorch on a batch of another size and text
+  length before it is kept. Any ONNX runtime can serve it: its inputs are each modality (``batch_<name>``: uint8
+  images, int64 token ids padded with 0, float vectors) and its presence mask (``batch_present_<name>``, bool),
+  and its output is ``logits``; ``model.json`` maps the inputs to the modalities. ``transmodal.load`` runs it with
+  onnxruntime, on the CPU.
 
 The folder is written under a temporary name beside the destination and renamed when complete.
 """
@@ -15,6 +22,7 @@ The folder is written under a temporary name beside the destination and renamed 
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import tempfile
 import warnings
@@ -37,8 +45,9 @@ from transmodal.trained_model import (
 )
 from transmodal.trainer import resolve_device
 
-FORMATS = ("safetensors", "torchscript")
-WEIGHTS = {"safetensors": "weights.safetensors", "torchscript": "model.torchscript"}
+FORMATS = ("safetensors", "torchscript", "onnx")
+WEIGHTS = {"safetensors": "weights.safetensors", "torchscript": "model.torchscript", "onnx": "model.onnx"}
+TRACED = ("torchscript", "onnx")  # formats that hold one domain's BatchNorm statistics
 _MODEL_PREFIX, _TARGET_PREFIX = "model.", "target_batchnorm."
 
 
@@ -51,6 +60,18 @@ def _safetensors() -> Any:
     return safetensors.torch
 
 
+def _onnxruntime() -> Any:
+    """onnxruntime, and for exporting onnx and onnxscript too (torch.onnx's exporter needs both)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f'ONNX export and loading need onnx, onnxscript and onnxruntime ({error.name} is missing): '
+                          f'pip install "transmodal[onnx]"') from None
+    return onnxruntime
+
+
 def is_bundle(path: Path) -> bool:
     return any((path / name).is_file() for name in WEIGHTS.values())
 
@@ -60,10 +81,12 @@ def export(trained: TrainedModel, directory: Path, format: str = "safetensors", 
     if format not in FORMATS:
         raise ConfigError(f"export format '{format}': choose {' or '.join(FORMATS)}")
     if format == "safetensors" and domain != "source":
-        raise ConfigError("--domain chooses the BatchNorm statistics traced into a TorchScript model; a safetensors "
-                          "bundle keeps both domains' (choose the domain when predicting)")
+        raise ConfigError("--domain chooses the BatchNorm statistics traced into a TorchScript or ONNX model; a "
+                          "safetensors bundle keeps both domains' (choose the domain when predicting)")
     if not isinstance(trained.model, nn.Module) or isinstance(trained.model, torch.jit.ScriptModule):
-        raise ConfigError("this model was loaded from a TorchScript bundle; export from its run directory")
+        raise ConfigError("this model was loaded from a TorchScript or ONNX bundle; export from its run directory")
+    if format == "onnx":
+        _onnxruntime()
     directory = directory.expanduser()
     if directory.exists():
         raise ConfigError(f"--output {directory} already exists; choose a new folder")
@@ -82,7 +105,9 @@ def export(trained: TrainedModel, directory: Path, format: str = "safetensors", 
 def _write_bundle(trained: TrainedModel, folder: Path, format: str, domain: Domain) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(trained.experiment.model_dump(mode="json"), sort_keys=False))
     info = model_info(trained.modalities, trained.classes)
-    info["export"] = {"format": format, "domain": domain if format == "torchscript" else None, **trained.header}
+    info["export"] = {"format": format, "domain": domain if format in TRACED else None, **trained.header}
+    if format == "onnx":
+        info["export"]["onnx_inputs"] = export_onnx(trained, domain, folder / WEIGHTS[format])
     write_model_info(folder, info)
     (folder / TOKENIZERS).mkdir()
     for name, spec in trained.modalities.items():
@@ -96,7 +121,7 @@ def _write_bundle(trained: TrainedModel, folder: Path, format: str, domain: Doma
                 tensors.update({f"{_TARGET_PREFIX}{index}.{name}": tensor.cpu().contiguous()
                                 for name, tensor in buffers.items()})
         _safetensors().save_file(tensors, str(folder / WEIGHTS[format]))
-    else:
+    elif format == "torchscript":
         traced = trace(trained, domain)
         with _quiet_torchscript():
             torch.jit.save(traced, str(folder / WEIGHTS[format]))
@@ -145,6 +170,70 @@ def trace(trained: TrainedModel, domain: Domain) -> torch.jit.ScriptModule:
     return traced
 
 
+def export_onnx(trained: TrainedModel, domain: Domain, path: Path) -> list[list[str]]:
+    """Write the model as ONNX for ``domain``'s BatchNorm statistics, check it with onnxruntime against the model on
+    a batch of another size and text length, and return its inputs as [ONNX input name, batch key] pairs."""
+    trained.check_domain(domain)
+    statistics = trained.target_statistics if domain == "target" else None
+    wrapper = _Logits(trained.model).eval()
+    sample = sample_batch(trained)
+    size = torch.export.Dim("batch")
+    dynamic = {key: {0: size, **({1: torch.export.Dim(f"length_{index}")} if trained.modalities.get(key) is not None
+                                 and trained.modalities[key].kind == "text" else {})}
+               for index, key in enumerate(sample)}
+    output = io.StringIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(output), \
+                statistics.active() if statistics else contextlib.nullcontext():
+            warnings.simplefilter("ignore")
+            # The batch goes in as a keyword: torch.onnx.export takes a dict at the end of args for keywords.
+            program = torch.onnx.export(wrapper, (), kwargs={"batch": sample}, dynamic_shapes={"batch": dynamic},
+                                        output_names=["logits"], dynamo=True, verbose=False)
+            program.save(str(path))
+    except Exception as error:  # torch.export's and the ONNX translation's own errors
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"this model does not export to ONNX ({type(error).__name__}: {first}); export it with "
+                          f"--format safetensors or torchscript") from None
+    session = _onnx_session(path)
+    names = [entry.name for entry in session.get_inputs()]
+    if len(names) != len(sample):
+        raise ConfigError(f"the ONNX model takes {len(names)} inputs, not the {len(sample)} of a batch; export it "
+                          f"with --format safetensors or torchscript")
+    inputs = [[name, key] for name, key in zip(names, sample)]
+    check = sample_batch(trained, size=3, length=5)
+    with torch.no_grad(), statistics.active() if statistics else contextlib.nullcontext():
+        expected = wrapper(check).cpu()
+    got = OnnxModel(session, inputs)(check)
+    if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+        difference = (expected - got).abs().max() if expected.shape == got.shape else "shapes differ"
+        raise ConfigError(f"the ONNX model does not reproduce the model on a batch of another size or text length "
+                          f"(largest difference {difference}); export it with --format safetensors or torchscript")
+    return inputs
+
+
+def _onnx_session(path: Path) -> Any:
+    onnxruntime = _onnxruntime()
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own errors on a damaged file
+        raise CheckpointError(f"Cannot read {path}: {type(error).__name__}: {error}") from None
+
+
+class OnnxModel:
+    """An ONNX model run by onnxruntime, called like the TorchScript one: a full batch dict in, logits out."""
+
+    def __init__(self, session: Any, inputs: list[list[str]]) -> None:
+        self.session = session
+        self.inputs = inputs
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        feed = {name: batch[key].detach().cpu().numpy() for name, key in self.inputs}
+        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+
+    def eval(self) -> OnnxModel:
+        return self
+
+
 @contextlib.contextmanager
 def _quiet_torchscript() -> Iterator[None]:
     """TorchScript's deprecation notices and tracer warnings say nothing the check after tracing does not."""
@@ -170,6 +259,8 @@ def load_bundle(folder: Path, device: str | None = None, plugins: Plugins | None
                 raise CheckpointError(f"{folder} lacks {TOKENIZERS}/{name}.json, the tokenizer of modality '{name}'")
             tokenizers[name] = path.read_text(encoding="utf-8")
     weights = folder / WEIGHTS[exported["format"]]
+    if exported["format"] == "onnx":
+        return _load_onnx(experiment, info, tokenizers, weights, header, exported, plugins)
     if exported["format"] == "safetensors":
         state = _read_safetensors(weights)
         state.update(tokenizers=tokenizers, classes=info["classes"])
@@ -195,6 +286,32 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     return state
 
 
+def _load_onnx(experiment: Experiment, info: dict[str, Any], tokenizers: dict[str, str], path: Path,
+               header: dict[str, Any], exported: dict[str, Any], plugins: Plugins | None) -> TrainedModel:
+    inputs = exported.get("onnx_inputs")
+    if not isinstance(inputs, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in inputs):
+        raise CheckpointError(f"{path.parent / MODEL_INFO} does not list the ONNX model's inputs ('onnx_inputs')")
+    model = OnnxModel(_onnx_session(path), inputs)
+    specs = _modality_specs(experiment, info, tokenizers, plugins)
+    return TrainedModel(experiment, model, specs, info["classes"], torch.device("cpu"), header,  # type: ignore[arg-type]
+                        traced_domain=exported.get("domain") or "source")
+
+
+def _modality_specs(experiment: Experiment, info: dict[str, Any], tokenizers: dict[str, str],
+                    plugins: Plugins | None) -> dict[str, ModalitySpec]:
+    """The modalities of a traced bundle: shapes from model.json, tokenizers rebuilt from their saved state."""
+    specs: dict[str, ModalitySpec] = {}
+    components = validate_components(experiment, plugins or get_plugins(), only=("data.tokenizer",)) \
+        if tokenizers else {}
+    for name, (kind, shape, extras) in info["modalities"].items():
+        if kind == "text":
+            tokenizer = tokenizer_for(components["data.tokenizer"], [], name, tokenizers[name])
+            specs[name] = ModalitySpec(name, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
+        else:
+            specs[name] = ModalitySpec(name, kind, shape=shape, extras=extras)
+    return specs
+
+
 def _load_torchscript(
     experiment: Experiment, info: dict[str, Any], tokenizers: dict[str, str], path: Path, header: dict[str, Any],
     domain: Domain, device: str | None, plugins: Plugins | None,
@@ -205,14 +322,6 @@ def _load_torchscript(
             scripted = torch.jit.load(str(path), map_location=target)
     except Exception as error:  # TorchScript's own errors on a damaged archive
         raise CheckpointError(f"Cannot read {path}: {type(error).__name__}: {error}") from None
-    specs: dict[str, ModalitySpec] = {}
-    components = validate_components(experiment, plugins or get_plugins(), only=("data.tokenizer",)) \
-        if tokenizers else {}
-    for name, (kind, shape, extras) in info["modalities"].items():
-        if kind == "text":
-            tokenizer = tokenizer_for(components["data.tokenizer"], [], name, tokenizers[name])
-            specs[name] = ModalitySpec(name, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
-        else:
-            specs[name] = ModalitySpec(name, kind, shape=shape, extras=extras)
+    specs = _modality_specs(experiment, info, tokenizers, plugins)
     return TrainedModel(experiment, scripted.eval(), specs, info["classes"], target, header, traced_domain=domain)
 

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.yaml`` (the resolved experiment, every component parameter with its value or
 default), ``model.json`` (the modalities' kinds and shapes and the class names: with the config and a checkpoint,
-all that rebuilding the model needs, see ``trained_model.py``), ``metrics.jsonl`` (one line per epoch),
+all that rebuilding the model needs, see ``trained_model.py``), ``metrics.jsonl`` (one line per epoch), what
+``output.loggers`` write (``steps.jsonl``, ``steps.csv`` and ``metrics.csv``, ``tensorboard/``: see ``loggers.py``),
 ``checkpoints/last.pt`` (full training state) and ``checkpoints/best.pt`` (weights chosen by
 the experiment's ``validator``), ``tokenizers/`` and ``summary.json``.
 """
@@ -21,6 +22,7 @@ from transmodal.config import MAX_SEED, Experiment, load_experiment, resolved_co
 from transmodal.distributed import World, process_group
 from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
 from transmodal.experiment import assemble
+from transmodal.loggers import check_loggers, trim_logs
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
     CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints, write_text_atomic,
@@ -58,6 +60,7 @@ def train(
 def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins | None,
            run_dir: Path | None) -> tuple[dict[str, Any], Path]:
     quiet = quiet or not world.is_main
+    check_loggers(experiment.output.loggers)  # before anything is built or written
     seed_everything(experiment.trainer.seed)
     assembled = assemble(experiment, plugins)
     # Built before the run directory: config errors leave nothing.
@@ -133,12 +136,14 @@ def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -
 def _resume(run_dir: Path, experiment: Experiment, world: World, quiet: bool,
             plugins: Plugins | None) -> dict[str, Any]:
     quiet = quiet or not world.is_main
+    check_loggers(experiment.output.loggers)
     path = run_dir / CHECKPOINTS / "last.pt"
     if world.is_main:
         remove_temporary_checkpoints(run_dir)
     if not path.exists():
         if world.is_main:
             _keep_metrics_until(run_dir, 0, path)
+            trim_logs(run_dir, 0, 0)
             _notice(f"{run_dir} stopped before its first checkpoint; training it from the beginning with its "
                     f"saved config")
         summary, _ = _train(experiment, world, quiet, plugins, run_dir)
@@ -158,6 +163,7 @@ def _resume(run_dir: Path, experiment: Experiment, world: World, quiet: bool,
         trainer.load_state_dict(state)
     if world.is_main:
         _keep_metrics_until(run_dir, trainer.epoch, path)
+        trim_logs(run_dir, trainer.epoch, trainer.step)
     if not quiet:
         epochs = experiment.trainer.epochs
         where = (f"at step {trainer.step} (batch {trainer.position['batch']}/{trainer.steps_per_epoch} of epoch "

@@ -81,19 +81,19 @@ class TrainedModel:
     trained with. ``predict`` and ``export`` work on it; ``forward_logits`` is what both call."""
 
     experiment: Experiment
-    model: nn.Module  # a TransmodalModel, or a TorchScript module loaded from an exported bundle
+    model: nn.Module  # a TransmodalModel, or a TorchScript or ONNX model loaded from an exported bundle
     modalities: dict[str, ModalitySpec]  # text specs carry their tokenizer
     classes: list[str]
     device: torch.device
     header: dict[str, Any]  # checkpoint, epoch, selected_by
     target_statistics: TargetStatistics | None = None
     evaluation_strategies: tuple[str, ...] = ()  # strategies that change the model before target evaluation
-    traced_domain: Domain | None = None  # TorchScript: the domain whose BatchNorm statistics were traced in
+    traced_domain: Domain | None = None  # TorchScript, ONNX: the domain whose BatchNorm statistics are built in
 
     def check_domain(self, domain: Domain) -> None:
         """Refuse a domain this model cannot serve as its evaluation did, rather than serve it differently."""
         if self.traced_domain is not None and domain != self.traced_domain:
-            raise ConfigError(f"this TorchScript bundle was exported for the {self.traced_domain} domain; predict "
+            raise ConfigError(f"this bundle was exported for the {self.traced_domain} domain; predict "
                               f"with domain {self.traced_domain}, or export again with --domain {domain}")
         if domain == "target" and self.evaluation_strategies:
             raise ConfigError(

@@ -37,6 +37,7 @@ from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from transmodal.experiment import Assembled
+from transmodal.loggers import Loggers, open_loggers
 from transmodal.metrics import DETAILS, ClassificationMeter
 from transmodal.model import ModelOutput
 from transmodal.optim import build_optimizer, build_scheduler
@@ -152,6 +153,8 @@ class Trainer:
         # Where a mid-epoch checkpoint stood (batches done, the epoch's loss sums so far), until training reaches it.
         self.position: dict[str, Any] | None = None
         self._last_checkpoint = time.monotonic()
+        self.loggers = Loggers()  # opened by fit, on rank 0 of a run with a directory
+        self._samples_trained = 0
 
     # -- setup --------------------------------------------------------------------------------------------
 
@@ -200,7 +203,22 @@ class Trainer:
         """Train the remaining epochs, evaluating and checkpointing after each; returns the summary."""
         started = time.perf_counter()
         self._last_checkpoint = time.monotonic()
-        samples = 0
+        if self.run_dir is not None and self.world.is_main:
+            self.loggers = open_loggers(self.experiment.output.loggers, self.run_dir, self.step)
+        try:
+            self._fit_epochs()
+        finally:
+            self.loggers.close()
+            self.loggers = Loggers()
+        elapsed = time.perf_counter() - started
+        samples = self._samples_trained
+        summary = self.summary(samples / elapsed if elapsed > 0 and samples else None)
+        if self.run_dir is not None and self.world.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _fit_epochs(self) -> None:
+        self._samples_trained = samples = 0
         for epoch in range(self.epoch, self.config.epochs):
             if self.patience_exhausted():
                 break
@@ -230,11 +248,7 @@ class Trainer:
             self.history.append(record)
             self._write_epoch(record, improved)
             self._print_epoch(record)
-        elapsed = time.perf_counter() - started
-        summary = self.summary(samples / elapsed if elapsed > 0 and samples else None)
-        if self.run_dir is not None and self.world.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+            self._samples_trained = samples
 
     def patience_exhausted(self) -> bool:
         """Early stopping: the validator has not improved for ``patience`` epochs. Read from the best epoch, so a
@@ -272,6 +286,10 @@ class Trainer:
             disable=self.quiet or not sys.stderr.isatty(), leave=False, dynamic_ncols=True,
         )
         window_started, window_samples = time.perf_counter(), 0
+        # Step records: the loss sums at the previous record, and the steps, samples and time since it.
+        log_steps = self.run_dir is not None and bool(self.experiment.output.loggers)  # alike on every rank
+        logged = dict(totals)  # a run resumed inside the epoch starts from the sums it restored
+        log_started, log_samples, log_steps_done = time.perf_counter(), 0, 0
         with bar:
             for index, batch in enumerate(self.data.train.epoch(epoch, start), start):
                 batch = move_batch(batch, self.device)
@@ -283,6 +301,14 @@ class Trainer:
                 samples += size
                 window_samples += size
                 bar.update(1)
+                if log_steps:
+                    log_samples += size
+                    log_steps_done += 1
+                    if (index + 1) % self.config.log_every == 0 or index + 1 == self.steps_per_epoch:
+                        now = time.perf_counter()
+                        self._log_step(epoch, totals, logged, log_steps_done, log_samples / (now - log_started))
+                        logged = dict(totals)  # the sums are new tensors every step: no copy needed
+                        log_started, log_samples, log_steps_done = time.perf_counter(), 0, 0
                 if (index + 1) % self.config.log_every == 0 and not bar.disable:
                     now = time.perf_counter()
                     bar.set_postfix(loss=f"{float(totals['loss']) / (index + 1):.4f}",
@@ -294,6 +320,29 @@ class Trainer:
             strategy.on_epoch_end(epoch)
         steps = max(1, self.steps_per_epoch) * self.world.world_size
         return {name: float(self.world.sum_(total)) / steps for name, total in totals.items()}, samples
+
+    def _log_step(self, epoch: int, totals: dict[str, torch.Tensor], logged: dict[str, torch.Tensor], steps: int,
+                  samples_per_second: float) -> None:
+        """A step record: each term's mean over the ``steps`` steps since the previous record (``logged``: the
+        sums then), read from the device in one transfer; under torchrun the mean over the ranks, a collective
+        every rank makes, and the throughput of all of them together."""
+        names = list(totals)
+        means = torch.stack([((totals[name] - logged[name]) if name in logged else totals[name]).float()
+                             for name in names]) / steps
+        if self.world.distributed:
+            means = self.world.sum_(means) / self.world.world_size
+        if not self.world.is_main:
+            return
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "steps": steps}
+        record.update(zip(names, means.tolist()))
+        groups = self.optimizer.param_groups
+        if len(groups) == 1:
+            record["lr"] = groups[0]["lr"]
+        else:  # each group by its first layer group's name (build_optimizer merges those of the same rate)
+            for index, group in enumerate(groups):
+                record[f"lr/{str(group.get('names') or index).split(',')[0]}"] = group["lr"]
+        record["samples_per_second"] = round(samples_per_second * self.world.world_size, 1)
+        self.loggers.log_step(record)
 
     def _target_stream(self, epoch: int, start: int) -> Iterator[Batch]:
         # Step s of epoch e uses target batch e*steps_per_epoch + s, so a resumed run draws the same ones.
@@ -568,6 +617,7 @@ class Trainer:
             return
         with (self.run_dir / "metrics.jsonl").open("a") as file:
             file.write(json.dumps(record) + "\n")
+        self.loggers.log_epoch(record)
         checkpoints = self.run_dir / "checkpoints"
         if improved:
             save_checkpoint(self.weights_state(), checkpoints / "best.pt")
