@@ -3,6 +3,7 @@ RAM, a split memory-mapped from the image cache, and torchvision's ImageFolder +
 the same PNG files.
 
     python bench/data_scale.py [--sizes 25000 100000 400000] [--side 64] [--batch 256] [--data DIR]
+                               [--pipelines memory mmap torchvision] [--repeats 1]
 
 For each size the script writes that many PNGs (side x side, ten class folders), builds the image cache entry once
 (not timed), then runs each pipeline in a fresh process. The transmodal pipelines go through the vision plugin's
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,21 +40,26 @@ import torch
 from PIL import Image
 
 CLASSES = 10
+VARIANTS = 600  # distinct generated images, each written to many files
 PIPELINES = ("memory", "mmap", "torchvision")
 
 
 def generate(root: Path, count: int, side: int) -> None:
-    """``count`` noisy PNGs, ``side`` pixels square, spread over ten class folders (ImageFolder's layout). A folder
+    """``count`` noisy PNGs, ``side`` pixels square, spread over ten class folders (ImageFolder's layout): copies of
+    ``VARIANTS`` images encoded once (noise of 60 strengths), so that 400k files take a minute, not an hour. A folder
     completed before (its marker file written last) is kept as it is."""
     done = root / ".complete"
     if done.exists():
         return
+    variants = []
+    for index in range(VARIANTS):
+        encoded = io.BytesIO()
+        Image.effect_noise((side, side), 30 + index % 60).convert("RGB").save(encoded, format="PNG")
+        variants.append(encoded.getvalue())
+    for name in range(CLASSES):
+        (root / f"class{name}").mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        folder = root / f"class{index % CLASSES}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{index:07d}.png"
-        if not path.exists():
-            Image.effect_noise((side, side), 30 + index % 60).convert("RGB").save(path)
+        (root / f"class{index % CLASSES}" / f"{index:07d}.png").write_bytes(variants[index % VARIANTS])
     done.touch()
 
 
@@ -130,11 +138,18 @@ def run_pipeline(args: argparse.Namespace) -> None:
     print(json.dumps({key: round(value) for key, value in result.items()}))
 
 
-def measure(pipeline: str, root: Path, cache: Path, side: int, batch: int) -> dict[str, float]:
+def measure(pipeline: str, root: Path, cache: Path, side: int, batch: int, repeats: int) -> dict[str, float]:
+    """Medians over ``repeats`` fresh processes; with more than one, also the range of the peak anonymous memory
+    (the allocator keeps freed batch buffers or not, a spread of tens of MiB from one run to the next)."""
     command = [sys.executable, __file__, "--pipeline", pipeline, "--root", str(root), "--cache", str(cache),
                "--side", str(side), "--batch", str(batch)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    runs = [json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            for _ in range(repeats)]
+    result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    if repeats > 1 and "peak_anonymous_mib" in result:
+        result["peak_anonymous_mib_range"] = [min(run["peak_anonymous_mib"] for run in runs),
+                                              max(run["peak_anonymous_mib"] for run in runs)]
+    return result
 
 
 def main() -> None:
@@ -142,6 +157,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[25_000, 100_000, 400_000])
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per pipeline (medians reported)")
     parser.add_argument("--data", type=Path, help="keep the generated files and the image cache here, for later runs")
     parser.add_argument("--pipeline", choices=PIPELINES, help=argparse.SUPPRESS)  # a child process's one run
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -162,10 +179,13 @@ def main() -> None:
             generate(root, size, args.side)
             # the image cache entry, built here once (not timed); each pipeline below reuses it
             build_image_folder(ImageFolderParams(root=root, image_size=args.side, cache_dir=cache, storage="mmap"))
-            numbers = {pipeline: measure(pipeline, root, cache, args.side, args.batch) for pipeline in PIPELINES}
-            reference = numbers["torchvision"]["samples_per_s"]
-            for pipeline in ("memory", "mmap"):
-                numbers[pipeline]["speed_vs_torchvision"] = round(numbers[pipeline]["samples_per_s"] / reference, 1)
+            numbers = {pipeline: measure(pipeline, root, cache, args.side, args.batch, args.repeats)
+                       for pipeline in args.pipelines}
+            if "torchvision" in numbers:
+                reference = numbers["torchvision"]["samples_per_s"]
+                for pipeline in set(numbers) - {"torchvision"}:
+                    speed = numbers[pipeline]["samples_per_s"] / reference
+                    numbers[pipeline]["speed_vs_torchvision"] = round(speed, 1)
             results[size] = numbers
             print(f"{size} images: {json.dumps(numbers)}", flush=True)
     print(json.dumps({"side": args.side, "batch": args.batch, "results": results}))

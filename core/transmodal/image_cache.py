@@ -4,6 +4,9 @@ Images are decoded once, in parallel worker processes, into one uint8 array (N, 
 runs memory-map instead of decoding again. An entry is keyed by the ordered file list, each file's size and
 modification time, the image side S and the decoding method; any change to one file (or a file added or removed)
 gives another key, so the whole entry is rebuilt: simple, and a partial update could not be verified anyway.
+The key is streamed into SHA-256 one file at a time and the decoding tasks are made a few at a time, so loading
+keeps no Python object per file: with the paths in a :class:`~transmodal.file_list.FileList`, memory stays flat
+however many files there are.
 
 An entry is a folder ``images-<key>/`` holding ``images.u8``, ``status.u8`` (per file: decoded, missing or
 undecodable) and ``header.json`` (shape, the key's SHA-256 and a checksum of the header itself). It is written

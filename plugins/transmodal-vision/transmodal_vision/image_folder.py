@@ -53,6 +53,7 @@ def scan(root: Path, what: str, directory: Path | None = None) -> Listing:
         counts.append(len(files) - before)
     empty = [name for name, count in zip(classes, counts) if count == 0]
     if empty:
+        files.close()
         raise DataError(
             f"image-folder {what} {root}: no images ({', '.join(sorted(EXTENSIONS))}) in class folder(s) "
             f"{', '.join(empty)}"
@@ -115,6 +116,7 @@ def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundl
         target = scan(params.target_root.expanduser(), "target_root", listing_folder)
         unknown = sorted(set(target.classes) - set(classes))
         if unknown:
+            target.files.close()
             raise DataError(
                 f"image-folder: target_root class folders {', '.join(unknown)} are not among the source classes "
                 f"({', '.join(classes)}); the two folders must use the same class names"
