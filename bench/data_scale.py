@@ -2,49 +2,65 @@
 RAM, a split memory-mapped from the image cache, and torchvision's ImageFolder + DataLoader(num_workers=2) reading
 the same PNG files.
 
-    python bench/data_scale.py [--sizes 25000 100000 400000] [--side 64] [--batch 256]
+    python bench/data_scale.py [--sizes 25000 100000 400000] [--side 64] [--batch 256] [--data DIR]
+                               [--pipelines memory mmap torchvision] [--repeats 1]
 
 For each size the script writes that many PNGs (side x side, ten class folders), builds the image cache entry once
-(not timed), then runs each pipeline in a fresh process: it reads every sample of one shuffled epoch as float
+(not timed), then runs each pipeline in a fresh process. The transmodal pipelines go through the vision plugin's
+``image-folder`` dataset as a user's config would (listing the folders, keying and opening the cache entry, the
+split; ``storage: memory`` or ``mmap``), then every pipeline reads every sample of one shuffled epoch as float
 batches in [0, 1] and reports samples/s and its peak resident memory (with its DataLoader workers, for
-torchvision); for the transmodal pipelines also the peak of anonymous memory, which leaves out the file pages a
-memory map brings in (counted as resident, but dropped by the kernel when memory is short). The last line of output is one JSON object: per size, each pipeline's samples/s and peak MiB, and
-the ratios to torchvision's samples/s.
+torchvision). For the transmodal pipelines also the peak of anonymous memory over the whole run, dataset
+preparation included (sampled every few milliseconds), which leaves out the file pages a memory map brings in
+(counted as resident, but dropped by the kernel when memory is short), and the anonymous memory right after the
+imports (torch's own, the same at every size). The last line of output is one JSON object: per size, each
+pipeline's samples/s and peak MiB, and the ratios to torchvision's samples/s.
+
+Generating 400k files takes minutes: with ``--data DIR`` the files (and the image cache) are kept in DIR and
+reused by later runs; without it they go to a temporary folder, removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 CLASSES = 10
+VARIANTS = 600  # distinct generated images, each written to many files
 PIPELINES = ("memory", "mmap", "torchvision")
 
 
-def generate(root: Path, count: int, side: int) -> list[Path]:
-    """``count`` noisy PNGs, ``side`` pixels square, spread over ten class folders (ImageFolder's layout)."""
-    paths = []
+def generate(root: Path, count: int, side: int) -> None:
+    """``count`` noisy PNGs, ``side`` pixels square, spread over ten class folders (ImageFolder's layout): copies of
+    ``VARIANTS`` images encoded once (noise of 60 strengths), so that 400k files take a minute, not an hour. A folder
+    completed before (its marker file written last) is kept as it is."""
+    done = root / ".complete"
+    if done.exists():
+        return
+    variants = []
+    for index in range(VARIANTS):
+        encoded = io.BytesIO()
+        Image.effect_noise((side, side), 30 + index % 60).convert("RGB").save(encoded, format="PNG")
+        variants.append(encoded.getvalue())
+    for name in range(CLASSES):
+        (root / f"class{name}").mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        folder = root / f"class{index % CLASSES}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{index:07d}.png"
-        Image.effect_noise((side, side), 30 + index % 60).convert("RGB").save(path)
-        paths.append(path)
-    return paths
-
-
-def image_folder_order(root: Path) -> list[Path]:
-    """The files in ImageFolder's order (class folders sorted, files sorted), so every pipeline reads the same list."""
-    return sorted(root.glob("class*/*.png"))
+        (root / f"class{index % CLASSES}" / f"{index:07d}.png").write_bytes(variants[index % VARIANTS])
+    done.touch()
 
 
 def anonymous_mib() -> float:
@@ -56,22 +72,44 @@ def anonymous_mib() -> float:
     return float("nan")
 
 
-def transmodal_epoch(root: Path, cache: Path, side: int, batch: int, mapped: bool) -> tuple[int, float]:
-    from transmodal.data import BatchLoader, MappedColumn
-    from transmodal.image_cache import ImageCache
+@contextlib.contextmanager
+def anonymous_peak(every_s: float = 0.005) -> Iterator[list[float]]:
+    """The peak of :func:`anonymous_mib` while the block runs, sampled by a thread: ``peak[0]`` after the block."""
+    peak, running = [anonymous_mib()], threading.Event()
+    running.set()
 
-    files = image_folder_order(root)
-    decoded = ImageCache(cache, 1).load(files, side)
-    assert decoded.reused, "the parent builds the cache entry; a pipeline must not decode"
-    rows = torch.arange(len(files))
-    images = MappedColumn(decoded.images, rows) if mapped else decoded.images.clone()
-    labels = torch.tensor([int(path.parent.name.removeprefix("class")) for path in files])
-    loader = BatchLoader({"image": images, "label": labels}, batch, shuffle=True, seed=0)
-    seen, peak_anonymous = 0, anonymous_mib()
-    for step in loader.epoch(0):
-        seen += len(step["image"].float().div_(255))
-        peak_anonymous = max(peak_anonymous, anonymous_mib())
-    return seen, peak_anonymous
+    def sample() -> None:
+        while running.is_set():
+            peak[0] = max(peak[0], anonymous_mib())
+            time.sleep(every_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        running.clear()
+        sampler.join()
+        peak[0] = max(peak[0], anonymous_mib())
+
+
+def transmodal_epoch(root: Path, cache: Path, side: int, batch: int, mapped: bool) -> tuple[int, float]:
+    """One epoch through the image-folder dataset (all images in the training split); (samples, peak anonymous
+    MiB of the whole: dataset preparation and epoch)."""
+    from transmodal.data import BatchLoader
+    from transmodal_vision.image_folder import build_image_folder
+    from transmodal_vision.params import ImageFolderParams
+
+    params = ImageFolderParams(root=root, image_size=side, val_fraction=0.0, test_fraction=0.0, cache_dir=cache,
+                               num_workers=1, storage="mmap" if mapped else "memory")
+    with anonymous_peak() as peak:
+        train = build_image_folder(params).train
+        loader = BatchLoader({"image": train.data["image"], "label": train.data["label"]}, batch, shuffle=True,
+                             seed=0)
+        seen = 0
+        for step in loader.epoch(0):
+            seen += len(step["image"].float().div_(255))
+    return seen, peak[0]
 
 
 def torchvision_epoch(root: Path, batch: int) -> int:
@@ -87,8 +125,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
     """One pipeline, one epoch, in this process: prints samples/s and peak MiB as JSON."""
     torch.set_num_threads(1)
     root, cache = Path(args.root), Path(args.cache)
+    result: dict[str, float] = {"imports_anonymous_mib": anonymous_mib()}
     started = time.perf_counter()
-    result: dict[str, float] = {}
     if args.pipeline == "torchvision":
         seen = torchvision_epoch(root, args.batch)
     else:
@@ -100,11 +138,18 @@ def run_pipeline(args: argparse.Namespace) -> None:
     print(json.dumps({key: round(value) for key, value in result.items()}))
 
 
-def measure(pipeline: str, root: Path, cache: Path, side: int, batch: int) -> dict[str, float]:
+def measure(pipeline: str, root: Path, cache: Path, side: int, batch: int, repeats: int) -> dict[str, float]:
+    """Medians over ``repeats`` fresh processes; with more than one, also the range of the peak anonymous memory
+    (the allocator keeps freed batch buffers or not, a spread of tens of MiB from one run to the next)."""
     command = [sys.executable, __file__, "--pipeline", pipeline, "--root", str(root), "--cache", str(cache),
                "--side", str(side), "--batch", str(batch)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    runs = [json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            for _ in range(repeats)]
+    result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    if repeats > 1 and "peak_anonymous_mib" in result:
+        result["peak_anonymous_mib_range"] = [min(run["peak_anonymous_mib"] for run in runs),
+                                              max(run["peak_anonymous_mib"] for run in runs)]
+    return result
 
 
 def main() -> None:
@@ -112,6 +157,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[25_000, 100_000, 400_000])
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per pipeline (medians reported)")
+    parser.add_argument("--data", type=Path, help="keep the generated files and the image cache here, for later runs")
     parser.add_argument("--pipeline", choices=PIPELINES, help=argparse.SUPPRESS)  # a child process's one run
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -120,18 +168,24 @@ def main() -> None:
         run_pipeline(args)
         return
 
-    from transmodal.image_cache import ImageCache
+    from transmodal_vision.image_folder import build_image_folder
+    from transmodal_vision.params import ImageFolderParams
 
     results = {}
-    with tempfile.TemporaryDirectory() as scratch:
+    with contextlib.ExitStack() as stack:
+        scratch = args.data or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for size in sorted(args.sizes):
-            root, cache = Path(scratch) / f"images{size}", Path(scratch) / "cache"
+            root, cache = scratch / f"images{size}-{args.side}px", scratch / "cache"
             generate(root, size, args.side)
-            ImageCache(cache).load(image_folder_order(root), args.side)
-            numbers = {pipeline: measure(pipeline, root, cache, args.side, args.batch) for pipeline in PIPELINES}
-            reference = numbers["torchvision"]["samples_per_s"]
-            for pipeline in ("memory", "mmap"):
-                numbers[pipeline]["speed_vs_torchvision"] = round(numbers[pipeline]["samples_per_s"] / reference, 1)
+            # the image cache entry, built here once (not timed); each pipeline below reuses it
+            build_image_folder(ImageFolderParams(root=root, image_size=args.side, cache_dir=cache, storage="mmap"))
+            numbers = {pipeline: measure(pipeline, root, cache, args.side, args.batch, args.repeats)
+                       for pipeline in args.pipelines}
+            if "torchvision" in numbers:
+                reference = numbers["torchvision"]["samples_per_s"]
+                for pipeline in set(numbers) - {"torchvision"}:
+                    speed = numbers[pipeline]["samples_per_s"] / reference
+                    numbers[pipeline]["speed_vs_torchvision"] = round(speed, 1)
             results[size] = numbers
             print(f"{size} images: {json.dumps(numbers)}", flush=True)
     print(json.dumps({"side": args.side, "batch": args.batch, "results": results}))

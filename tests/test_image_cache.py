@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from transmodal import image_cache
 from transmodal.cli import main
 from transmodal.data import BatchLoader, MappedColumn
+from transmodal.file_list import FileList
 from transmodal.image_cache import STATUS_DECODED, STATUS_MISSING, STATUS_UNDECODABLE, ImageCache
 
 pytest.importorskip("PIL")
@@ -73,6 +76,79 @@ def test_a_changed_added_or_removed_file_invalidates_the_entry(tmp_path, decodes
     assert not after.reused and len(decodes) == 4 + len(paths)  # the whole entry is decoded again
     if change == "rewrite":
         assert not torch.equal(before.images[2], after.images[2]) and after.images[2].eq(255).all()
+
+
+def test_a_file_list_on_disk_and_a_list_of_paths_share_an_entry(tmp_path, decodes, monkeypatch, request):
+    paths = _images(tmp_path / "images", 4)
+    cache = ImageCache(tmp_path / "cache", num_workers=1)
+    listed = FileList(paths, directory=tmp_path / "lists")
+    request.addfinalizer(listed.close)
+    first = cache.load(listed, 8)
+    monkeypatch.chdir(tmp_path)  # relative paths are keyed by the absolute path they name
+    again = cache.load([path.relative_to(tmp_path) for path in paths], 8)
+    assert not first.reused and again.reused and len(decodes) == 4 and torch.equal(first.images, again.images)
+    os.utime(paths[3], ns=(0, paths[3].stat().st_mtime_ns + 5_000_000_000))  # one file changes: rebuilt
+    assert not cache.load(listed, 8).reused and len(decodes) == 8
+    listed.append(tmp_path / "images" / "gone.png")  # one more file (missing): another entry
+    grown = cache.load(listed, 8)
+    assert not grown.reused and grown.status.tolist() == [STATUS_DECODED] * 4 + [STATUS_MISSING]
+
+
+def _peak_python_bytes(run) -> int:
+    """The most memory that Python objects took while ``run()`` ran, above what they held before."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def _same_png_files(folder: Path, count: int) -> list[Path]:
+    """``count`` copies of one tiny PNG: quick to write and to decode."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 10), (30, 60, 90)).save(buffer, format="PNG")
+    folder.mkdir(parents=True)
+    paths = [folder / f"{index:05d}.png" for index in range(count)]
+    for path in paths:
+        path.write_bytes(buffer.getvalue())
+    return paths
+
+
+def test_loading_keeps_no_python_object_per_file(tmp_path):
+    """The key, the file statuses and the decoding tasks are streamed: the Python memory of loading (decoding,
+    then reusing the entry) hardly grows with the number of files. Keeping one str per file would add 100+ bytes
+    a file; the bound leaves room for the one status byte per file and the allocator's rounding."""
+    peaks = {}
+    for count in (1000, 4000):
+        cache = ImageCache(tmp_path / "cache", num_workers=1)
+        with FileList(_same_png_files(tmp_path / f"images{count}", count), tmp_path / "lists") as files:
+            peaks[count] = [_peak_python_bytes(lambda: cache.load(files, 8)) for _ in ("decode", "reuse")]
+    for small, large in zip(peaks[1000], peaks[4000]):
+        assert (large - small) / 3000 < 16, peaks
+
+
+def test_a_file_list_keeps_its_paths_on_disk(tmp_path):
+    names = ["b.png", "a/c.png", "caf\u00e9.jpg", os.fsdecode(b"raw-\xff.png")]  # a name that is not UTF-8 too
+    with FileList((tmp_path / name for name in names), directory=tmp_path) as files:
+        assert len(files) == 4 and list(files) == [str(tmp_path / name) for name in names] == list(files)
+        assert files[2] == str(tmp_path / names[2]) and files[-1] == str(tmp_path / names[3])
+        with pytest.raises(IndexError):
+            files[4]
+        with pytest.raises(ValueError, match="NUL"):
+            files.append("bad\0name")
+        files.append("last")
+        assert len(files) == 5 and list(files)[-1] == "last"
+    with FileList() as empty:
+        assert list(empty) == [] and len(empty) == 0
+
+    def listed(count: int) -> None:  # each path goes to the file as it is appended: memory does not grow
+        with FileList((f"/data/{index:07d}.png" for index in range(count)), tmp_path):
+            pass
+
+    sizes = [_peak_python_bytes(lambda count=count: listed(count)) for count in (2000, 8000)]
+    assert sizes[1] - sizes[0] < 6000 * 8, sizes
 
 
 def test_missing_and_undecodable_files_are_marked(tmp_path):
@@ -166,3 +242,22 @@ def test_image_folder_reuses_the_cache_and_can_stay_memory_mapped(tmp_path, deco
     mapped = dataset.build(0, **params, storage="mmap")
     assert len(decodes) == 8 and isinstance(mapped.train.data["image"], MappedColumn)
     assert torch.equal(mapped.train.data["image"].load(), memory.train.data["image"])
+
+
+def test_image_folder_keeps_no_python_object_per_image(tmp_path):
+    """Listing the folders, labelling and loading the cache: the dataset's Python memory hardly grows with the
+    number of images (only one folder's names are held at a time, to sort them)."""
+    pytest.importorskip("transmodal_vision")
+    from transmodal_vision.image_folder import build_image_folder
+    from transmodal_vision.params import ImageFolderParams
+
+    peaks = []
+    for count in (400, 1600):
+        for name in ("cats", "dogs", "fish", "owls"):
+            _same_png_files(tmp_path / f"photos{count}" / name, count // 4)
+        params = ImageFolderParams(root=tmp_path / f"photos{count}", image_size=8, num_workers=1, storage="mmap",
+                                   cache_dir=tmp_path / "cache")
+        build_image_folder(params)  # decode once: what follows is a run that reuses the entry
+        peaks.append(_peak_python_bytes(lambda params=params: build_image_folder(params)))
+    # one Path per image (as sorted(rglob) gives) would add several hundred bytes an image
+    assert (peaks[1] - peaks[0]) / 1200 < 64, peaks

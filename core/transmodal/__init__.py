@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
                   "transmodal.errors"),
     **dict.fromkeys(("Assembled", "assemble"), "transmodal.experiment"),
     **dict.fromkeys(("Fusion", "pool_tokens", "presence"), "transmodal.fusion"),
+    "FileList": "transmodal.file_list",
     "hookimpl": "transmodal.hookspecs",
     "ImageCache": "transmodal.image_cache",
     **dict.fromkeys(("ModelOutput", "TransmodalModel"), "transmodal.model"),
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         UnknownComponentError,
     )
     from transmodal.experiment import Assembled, assemble
+    from transmodal.file_list import FileList
     from transmodal.fusion import Fusion, pool_tokens, presence
     from transmodal.hookspecs import hookimpl
     from transmodal.image_cache import ImageCache

@@ -4,6 +4,9 @@ Images are decoded once, in parallel worker processes, into one uint8 array (N, 
 runs memory-map instead of decoding again. An entry is keyed by the ordered file list, each file's size and
 modification time, the image side S and the decoding method; any change to one file (or a file added or removed)
 gives another key, so the whole entry is rebuilt: simple, and a partial update could not be verified anyway.
+The key is streamed into SHA-256 one file at a time and the decoding tasks are made a few at a time, so loading
+keeps no Python object per file: with the paths in a :class:`~transmodal.file_list.FileList`, memory stays flat
+however many files there are.
 
 An entry is a folder ``images-<key>/`` holding ``images.u8``, ``status.u8`` (per file: decoded, missing or
 undecodable) and ``header.json`` (shape, the key's SHA-256 and a checksum of the header itself). It is written
@@ -14,6 +17,7 @@ checksummed: reading it all back would cost as much as decoding, and the atomic 
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import multiprocessing
@@ -23,8 +27,8 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +38,12 @@ from tqdm import tqdm
 
 from transmodal.images import decode_rgb
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key streamed into SHA-256 file by file (1 hashed one JSON list)
 STATUS_MISSING, STATUS_DECODED, STATUS_UNDECODABLE = 0, 1, 2
 ENTRY_PREFIX = "images-"
 IMAGES, STATUS, HEADER = "images.u8", "status.u8", "header.json"
 CHUNK = 64  # files per worker task: large enough to amortise the task's overhead, small enough to balance
+QUEUED_PER_WORKER = 4  # tasks queued per worker process: keeps them busy without making every task up front
 
 DECODER = "pillow-rgb-bilinear-centre-crop"  # part of the key: change it when decode_rgb's output changes
 
@@ -79,18 +84,18 @@ class ImageCache:
         self.root = (root or default_cache_dir()).expanduser()
         self.num_workers = num_workers or default_workers()
 
-    def load(self, files: Sequence[Path], size: int) -> DecodedImages:
-        """The decoded images of ``files`` (in order) at side ``size``, from the cache or decoded now."""
-        paths = [str(Path(file).absolute()) for file in files]
-        stats = [_stat(path) for path in paths]
-        if not paths:
+    def load(self, files: Collection[str | os.PathLike[str]], size: int) -> DecodedImages:
+        """The decoded images of ``files`` (in order) at side ``size``, from the cache or decoded now.
+
+        ``files`` is read twice at most, one path at a time (a list, or a :class:`~transmodal.file_list.FileList`
+        for many files): nothing here keeps a Python object per file, so memory does not grow with their number.
+        """
+        if len(files) == 0:
             return DecodedImages(torch.empty(0, 3, size, size, dtype=torch.uint8),
                                  torch.empty(0, dtype=torch.uint8), None, True)
-        key = json.dumps({"format": CACHE_FORMAT, "size": size, "decoder": DECODER,
-                          "files": [[path, *stat] if stat else [path, None] for path, stat in zip(paths, stats)]})
-        key_sha = hashlib.sha256(key.encode()).hexdigest()
+        key_sha, status = _key(files, size)
         entry = self.root / f"{ENTRY_PREFIX}{key_sha[:32]}"
-        shape = [len(paths), 3, size, size]
+        shape = [len(status), 3, size, size]
         if entry.exists():
             problem = _check(entry, key_sha, shape)
             if problem is None:
@@ -98,7 +103,7 @@ class ImageCache:
             warnings.warn(f"image cache entry {entry} is unusable ({problem}); decoding the images again",
                           stacklevel=2)
             shutil.rmtree(entry, ignore_errors=True)
-        self._build(entry, paths, stats, size, key_sha, shape)
+        self._build(entry, files, status, size, key_sha, shape)
         return _open(entry, shape, reused=False)
 
     def entries(self) -> list[CacheEntry]:
@@ -124,7 +129,7 @@ class ImageCache:
             shutil.rmtree(path, ignore_errors=True)
         return freed
 
-    def _build(self, entry: Path, paths: list[str], stats: list[tuple[int, int] | None], size: int,
+    def _build(self, entry: Path, files: Collection[str | os.PathLike[str]], status: bytearray, size: int,
                key_sha: str, shape: list[int]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         temporary = self.root / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -132,10 +137,10 @@ class ImageCache:
         try:
             with open(temporary / IMAGES, "wb") as file:
                 file.truncate(_nbytes(shape))
-            status = self._decode_all(temporary / IMAGES, paths, stats, size)
+            source = self._decode_all(temporary / IMAGES, files, status, size)
             (temporary / STATUS).write_bytes(bytes(status))
             header = {"format": CACHE_FORMAT, "key_sha256": key_sha, "shape": shape, "decoder": DECODER,
-                      "files": len(paths), "source": os.path.commonpath(paths), "created": time.time(),
+                      "files": shape[0], "source": source, "created": time.time(),
                       "decoded": status.count(STATUS_DECODED)}
             (temporary / HEADER).write_text(json.dumps({**header, "header_sha256": _digest(header)}))
             for name in (IMAGES, STATUS, HEADER):
@@ -150,24 +155,41 @@ class ImageCache:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
 
-    def _decode_all(self, target: Path, paths: list[str], stats: list[tuple[int, int] | None],
-                    size: int) -> bytearray:
-        status = bytearray(len(paths))  # zero: STATUS_MISSING
-        todo = [index for index, stat in enumerate(stats) if stat is not None]
-        chunks = [todo[start : start + CHUNK] for start in range(0, len(todo), CHUNK)]
-        tasks = [(str(target), chunk, [paths[i] for i in chunk], size) for chunk in chunks]
-        workers = min(self.num_workers, len(chunks))
-        bar = tqdm(total=len(todo), desc="decoding images", unit="image", disable=not sys.stderr.isatty(),
+    def _decode_all(self, target: Path, files: Collection[str | os.PathLike[str]], status: bytearray,
+                    size: int) -> str:
+        """Decode every file that exists (status not STATUS_MISSING) into ``target``, setting ``status`` to
+        STATUS_DECODED where that worked; returns the folder that holds all the files (for ``cache list``)."""
+        todo = len(status) - status.count(STATUS_MISSING)
+        source = _CommonFolder()
+
+        def tasks() -> Iterator[tuple[str, list[int], list[str], int]]:
+            indices: list[int] = []
+            paths: list[str] = []
+            for index, path in enumerate(map(_absolute, files)):
+                source.add(path)
+                if status[index] != STATUS_MISSING:
+                    indices.append(index)
+                    paths.append(path)
+                if len(indices) == CHUNK:
+                    yield str(target), indices, paths, size
+                    indices, paths = [], []
+            if indices:
+                yield str(target), indices, paths, size
+
+        workers = min(self.num_workers, -(-todo // CHUNK))
+        bar = tqdm(total=todo, desc="decoding images", unit="image", disable=not sys.stderr.isatty(),
                    leave=False)
         with bar:
-            for chunk, codes in self._map(_decode_chunk, tasks, workers):
+            for chunk, codes in self._map(_decode_chunk, tasks(), workers):
                 for index, code in zip(chunk, codes):
                     status[index] = code
                 bar.update(len(chunk))
-        return status
+        return source.folder
 
     @staticmethod
-    def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    def _map(function: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+        """``function(*task)`` for each task, in order; at most a few tasks per worker made and queued at a time,
+        so that the tasks (each a chunk of paths) never all exist at once."""
         if workers <= 1:
             yield from (function(*task) for task in tasks)
             return
@@ -175,7 +197,17 @@ class ImageCache:
         # process that has used torch's thread pool is safe here only because the workers never call torch.
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            yield from pool.map(function, *zip(*tasks))
+            pending: collections.deque[Future[Any]] = collections.deque()
+            try:
+                for task in tasks:
+                    pending.append(pool.submit(function, *task))
+                    if len(pending) >= QUEUED_PER_WORKER * workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
 
 
 def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int) -> tuple[list[int], list[int]]:
@@ -186,7 +218,7 @@ def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int) 
     try:
         for index, path in zip(indices, paths):
             try:
-                data = decode_rgb(Path(path), size)
+                data = decode_rgb(path, size)  # a str: a Path would intern each file's name for good
             except (OSError, ValueError, SyntaxError):  # what Pillow raises for a damaged or unknown file
                 codes.append(STATUS_UNDECODABLE)
                 continue
@@ -197,12 +229,46 @@ def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int) 
     return indices, codes
 
 
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_size, stat.st_mtime_ns)
+def _absolute(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute against the working directory, as ``Path.absolute`` does, without a Path object."""
+    path = os.fspath(path)
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def _key(files: Collection[str | os.PathLike[str]], size: int) -> tuple[str, bytearray]:
+    """The entry's key (SHA-256 of the preprocessing, then each file's absolute path, size and modification time,
+    streamed into the digest) and each file's first status: STATUS_MISSING where it does not exist, else
+    STATUS_UNDECODABLE until it is decoded."""
+    digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": size, "decoder": DECODER}).encode())
+    status = bytearray()
+    for path in map(_absolute, files):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            status.append(STATUS_MISSING)
+            described = b"-"
+        else:
+            status.append(STATUS_UNDECODABLE)
+            described = b"%d %d" % (stat.st_size, stat.st_mtime_ns)
+        # NUL ends the path (no path holds one) and the stat has neither NUL nor newline: the record is unambiguous
+        digest.update(os.fsencode(path) + b"\0" + described + b"\n")
+    return digest.hexdigest(), status
+
+
+class _CommonFolder:
+    """The deepest folder holding every path added so far: ``os.path.commonpath`` over the whole list, computed
+    one path at a time without keeping the list (and cheaply: most paths already start with it)."""
+
+    def __init__(self) -> None:
+        self.folder = ""
+        self._prefix = ""
+
+    def add(self, path: str) -> None:
+        if not self.folder:
+            self.folder = os.path.dirname(path)
+        elif not path.startswith(self._prefix):
+            self.folder = os.path.commonpath([self.folder, path])
+        self._prefix = self.folder.rstrip(os.sep) + os.sep
 
 
 def _check(entry: Path, key_sha: str, shape: list[int]) -> str | None:

@@ -6,7 +6,7 @@ image files, and its absence is a one-line error naming the package to install.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 from transmodal.errors import ConfigError
@@ -21,7 +21,7 @@ def pillow() -> Any:
     return Image
 
 
-def decode_rgb(path: Path, size: int) -> bytes:
+def decode_rgb(path: str | os.PathLike[str], size: int) -> bytes:
     """One image as RGB uint8 bytes in (3, size, size) order: shorter side resized to ``size`` (antialiased),
     then centre-cropped, as ``image-folder`` does. Channel-major bytes without numpy or torch, so that decoding
     worker processes never touch torch (whose thread pool does not survive a fork)."""

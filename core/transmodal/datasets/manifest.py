@@ -13,8 +13,10 @@ Every mistake in the file is reported before anything trains, as one line naming
 from __future__ import annotations
 
 import difflib
+import os
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from transmodal.data import (
 )
 from transmodal.datasets.manifest_params import ManifestParams, ModalityColumns
 from transmodal.errors import ConfigError, DataError
+from transmodal.file_list import FileList
 from transmodal.image_cache import STATUS_DECODED, STATUS_UNDECODABLE, ImageCache
 from transmodal.kinds import ModalityKind, Storage
 from transmodal.tables import LINE, columns_of, file_format, is_missing, label_sort_key, read_rows
@@ -167,22 +170,27 @@ class _Manifest:
     def _images(self, name: str, column: str) -> _Modality:
         folder = self.path.parent  # relative paths name files beside the manifest, wherever we run from
         rows = torch.full((len(self.rows),), -1, dtype=torch.int64)
-        files: dict[Path, int] = {}  # each file decoded once, however many rows name it
-        named_at: list[str] = []  # per file: its cell and first line, for error messages
-        for index, row in enumerate(self.rows):
-            if not is_missing(row[column]):
-                cell = str(row[column]).strip()
-                file = folder / Path(cell).expanduser()
-                if file not in files:
-                    files[file] = len(files)
-                    named_at.append(f"{cell} (line {self.lines[index]})")
-                rows[index] = files[file]
-        paths = list(files)
+        cache = ImageCache(self.params.cache_dir, self.params.num_workers)
+        first_row = array("q")  # per file: the first row naming it, for error messages
+        # the paths on disk, not as Python objects; os.path, not Path, which would intern every file's name
+        with FileList(directory=cache.root) as paths:
+            files: dict[str, int] = {}  # each file decoded once, however many rows name it
+            for index, row in enumerate(self.rows):
+                if not is_missing(row[column]):
+                    file = os.path.join(folder, os.path.expanduser(str(row[column]).strip()))
+                    if file not in files:
+                        files[file] = len(files)
+                        paths.append(file)
+                        first_row.append(index)
+                    rows[index] = files[file]
+            del files
+            if self.params.on_missing == "error":
+                missing = bytearray(not os.path.isfile(path) for path in paths)  # one byte per file
+                self._refuse(name, column, first_row, torch.frombuffer(missing, dtype=torch.bool) if missing
+                             else torch.zeros(0, dtype=torch.bool), "missing")
+            decoded = cache.load(paths, self.params.image_size)
         if self.params.on_missing == "error":
-            self._refuse(name, named_at, [not path.is_file() for path in paths], "missing")
-        decoded = ImageCache(self.params.cache_dir, self.params.num_workers).load(paths, self.params.image_size)
-        if self.params.on_missing == "error":
-            self._refuse(name, named_at, (decoded.status == STATUS_UNDECODABLE).tolist(), "undecodable")
+            self._refuse(name, column, first_row, decoded.status == STATUS_UNDECODABLE, "undecodable")
         notes = []
         failed = torch.cat([decoded.status != STATUS_DECODED, torch.tensor([False])])  # [-1]: rows without a file
         bad_rows = failed[rows]
@@ -195,13 +203,16 @@ class _Manifest:
             notes.append(f"{name}: {int(bad_rows.sum())} rows with a missing or undecodable image {action}")
         return _Modality("image", MappedColumn(decoded.images, rows), rows >= 0, notes)
 
-    def _refuse(self, name: str, named_at: list[str], bad: list[bool], what: str) -> None:
-        """One error naming how many image files are ``what`` and the first few, each with its line."""
-        shown = [named_at[i] for i, is_bad in enumerate(bad) if is_bad]
-        if shown:
+    def _refuse(self, name: str, column: str, first_row: Sequence[int], bad: torch.Tensor, what: str) -> None:
+        """One error naming how many image files are ``what`` (``bad``: (files,) bool) and the first few, each as
+        its cell and the line of the first row naming it."""
+        count = int(bad.sum())
+        if count:
+            shown = [f"{str(self.rows[first_row[i]][column]).strip()} (line {self.lines[first_row[i]]})"
+                     for i in bad.nonzero().flatten()[:SHOWN].tolist()]
             raise DataError(
-                f"{WHAT}: {self.path}: {len(shown)} image files of modality '{name}' are {what}: "
-                f"{', '.join(shown[:SHOWN])}{', ...' if len(shown) > SHOWN else ''}. Fix them, or set "
+                f"{WHAT}: {self.path}: {count} image files of modality '{name}' are {what}: "
+                f"{', '.join(shown)}{', ...' if count > SHOWN else ''}. Fix them, or set "
                 f"data.dataset.on_missing: absent (mark those images absent) or skip (leave those rows out)")
 
 

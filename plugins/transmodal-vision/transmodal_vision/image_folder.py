@@ -7,11 +7,15 @@ tensors like every other dataset, or, with ``storage: mmap``, read them batch by
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transmodal.data import DatasetBundle, MappedColumn, Split, select_rows
 from transmodal.errors import DataError
+from transmodal.file_list import FileList
 from transmodal.image_cache import STATUS_DECODED, ImageCache
 
 from transmodal_vision.params import ImageFolderParams
@@ -19,8 +23,21 @@ from transmodal_vision.params import ImageFolderParams
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp"})
 
 
-def scan(root: Path, what: str) -> dict[str, list[Path]]:
-    """Image files per class folder (sorted), hidden files and folders skipped."""
+@dataclass
+class Listing:
+    """The image files under one root: ``files`` class after class, ``counts[i]`` of them in ``classes[i]``.
+
+    The paths are a :class:`FileList` (on disk, not Python objects), so listing a folder of any size keeps memory
+    flat: only one directory's names are held at a time, to sort them."""
+
+    classes: list[str]
+    files: FileList
+    counts: list[int]
+
+
+def scan(root: Path, what: str, directory: Path | None = None) -> Listing:
+    """Image files per class folder, in sorted path order (as ``sorted(folder.rglob("*"))``), hidden files and
+    folders skipped; the list is kept in a temporary file under ``directory``."""
     if not root.is_dir():
         raise DataError(
             f"image-folder {what} {root} is not a folder; it should hold one sub-folder of images per class"
@@ -28,42 +45,58 @@ def scan(root: Path, what: str) -> dict[str, list[Path]]:
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise DataError(f"image-folder {what} {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    files = {
-        name: sorted(
-            path for path in (root / name).rglob("*")
-            if path.is_file() and path.suffix.lower() in EXTENSIONS
-            and not any(part.startswith(".") for part in path.relative_to(root).parts)
-        )
-        for name in classes
-    }
-    empty = [name for name, paths in files.items() if not paths]
+    files = FileList(directory=directory)
+    counts = []
+    for name in classes:
+        before = len(files)
+        files.extend(_images_under(os.path.join(root, name)))
+        counts.append(len(files) - before)
+    empty = [name for name, count in zip(classes, counts) if count == 0]
     if empty:
+        files.close()
         raise DataError(
             f"image-folder {what} {root}: no images ({', '.join(sorted(EXTENSIONS))}) in class folder(s) "
             f"{', '.join(empty)}"
         )
-    return files
+    return Listing(classes, files, counts)
 
 
-def _load(files: dict[str, list[Path]], class_index: dict[str, int], params: ImageFolderParams,
+def _images_under(folder: str) -> Iterator[str]:
+    """The image files under ``folder``, depth first with each folder's entries sorted by name (the order of
+    sorting the whole tree's paths); hidden entries skipped, symbolic links to folders not followed (as rglob)."""
+    with os.scandir(folder) as entries:
+        listed = sorted((entry.name, entry.is_dir() and not entry.is_symlink(), entry.is_file())
+                        for entry in entries if not entry.name.startswith("."))
+    for name, is_folder, is_file in listed:
+        path = os.path.join(folder, name)
+        if is_folder:
+            yield from _images_under(path)
+        elif is_file and os.path.splitext(name)[1].lower() in EXTENSIONS:
+            yield path
+
+
+def _load(listing: Listing, class_index: dict[str, int], params: ImageFolderParams,
           ) -> tuple[MappedColumn, torch.Tensor]:
-    """Every image of ``files`` (from the image cache, still on disk) and its label."""
-    paths = [path for class_paths in files.values() for path in class_paths]
-    decoded = ImageCache(params.cache_dir, params.num_workers).load(paths, params.image_size)
-    failed = [str(path) for path, status in zip(paths, decoded.status.tolist()) if status != STATUS_DECODED]
-    if failed:  # the folders were listed a moment ago, so a failure is a file that cannot be decoded
-        raise DataError(f"image-folder: cannot decode image files ({len(failed)}): {', '.join(failed[:3])}"
-                        f"{', ...' if len(failed) > 3 else ''}; remove or replace them")
-    labels = [class_index[name] for name, class_paths in files.items() for _ in class_paths]
-    return MappedColumn(decoded.images, torch.arange(len(paths))), torch.tensor(labels, dtype=torch.int64)
+    """Every image of ``listing`` (from the image cache, still on disk) and its label; closes the listing."""
+    with listing.files as files:
+        decoded = ImageCache(params.cache_dir, params.num_workers).load(files, params.image_size)
+        failed = (decoded.status != STATUS_DECODED).nonzero().flatten()
+        if len(failed):  # the folders were listed a moment ago, so a failure is a file that cannot be decoded
+            shown = [files[index] for index in failed[:3].tolist()]
+            raise DataError(f"image-folder: cannot decode image files ({len(failed)}): {', '.join(shown)}"
+                            f"{', ...' if len(failed) > 3 else ''}; remove or replace them")
+    labels = torch.repeat_interleave(torch.tensor([class_index[name] for name in listing.classes]),
+                                     torch.tensor(listing.counts))
+    return MappedColumn(decoded.images, torch.arange(len(labels))), labels
 
 
 def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundle:
     # Splits follow params.seed, so runs with different training seeds share them.
-    source_files = scan(params.root.expanduser(), "root")
-    classes = list(source_files)
+    listing_folder = ImageCache(params.cache_dir).root  # the file lists on disk beside the cache, not in memory
+    source = scan(params.root.expanduser(), "root", listing_folder)
+    classes = source.classes
     class_index = {name: index for index, name in enumerate(classes)}
-    images, labels = _load(source_files, class_index, params)
+    images, labels = _load(source, class_index, params)
     generator = torch.Generator().manual_seed(params.seed)
     order = torch.randperm(len(labels), generator=generator)
     n_val = round(len(order) * params.val_fraction)
@@ -80,14 +113,15 @@ def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundl
     unlabelled = None
     description = f"{len(classes)} classes from {params.root}: {len(train)} training images"
     if params.target_root is not None:
-        target_files = scan(params.target_root.expanduser(), "target_root")
-        unknown = sorted(set(target_files) - set(classes))
+        target = scan(params.target_root.expanduser(), "target_root", listing_folder)
+        unknown = sorted(set(target.classes) - set(classes))
         if unknown:
+            target.files.close()
             raise DataError(
                 f"image-folder: target_root class folders {', '.join(unknown)} are not among the source classes "
                 f"({', '.join(classes)}); the two folders must use the same class names"
             )
-        target_images, target_labels = _load(target_files, class_index, params)
+        target_images, target_labels = _load(target, class_index, params)
         target_order = torch.randperm(len(target_labels), generator=generator)
         n_target_test = round(len(target_order) * params.target_test_fraction)
         if not 0 < n_target_test < len(target_order):
