@@ -7,7 +7,7 @@ image files, and its absence is a one-line error naming the package to install.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, BinaryIO
 
 from transmodal.errors import ConfigError
 
@@ -21,8 +21,8 @@ def pillow() -> Any:
     return Image
 
 
-def decode_rgb(path: str | os.PathLike[str], size: int) -> bytes:
-    """One image as RGB uint8 bytes in (3, size, size) order: shorter side resized to ``size`` (antialiased),
+def decode_rgb(path: str | os.PathLike[str] | BinaryIO, size: int) -> bytes:
+    """One image (a file, or a binary stream such as the bytes a Hugging Face dataset holds) as RGB uint8 bytes in (3, size, size) order: shorter side resized to ``size`` (antialiased),
     then centre-cropped, as ``image-folder`` does. Channel-major bytes without numpy or torch, so that decoding
     worker processes never touch torch (whose thread pool does not survive a fork)."""
     image_module = pillow()

@@ -68,11 +68,12 @@ class DomainColumn(BaseModel):
         return self
 
 
-class ManifestParams(BaseModel):
+class ColumnMapping(BaseModel):
+    """Which columns of a table of samples hold each modality, the label, the domain and the split, and how rows
+    without a split column are split: shared by ``manifest`` and every dataset built on
+    :class:`~transmodal.datasets.mapped_rows.MappedRows` (transmodal-hf's ``hf-dataset``)."""
+
     model_config = ConfigDict(extra="forbid")
-    path: Path = Field(description="CSV, TSV, JSONL or Parquet (needs pyarrow) file, one row per sample.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field("auto", description="auto: from the suffix.")
-    encoding: str = Field("utf-8", description="Text encoding of the file, e.g. latin-1, cp1252, utf-16.")
     modalities: dict[str, ModalityColumns] = Field(
         min_length=1, description="Modality name -> {kind: image|text|vector|tabular, column: NAME | "
                                    "columns: [NAMES] | numeric: [NAMES], categorical: [NAMES]}.")
@@ -89,18 +90,24 @@ class ManifestParams(BaseModel):
     on_missing: Literal["error", "absent", "skip"] = Field(
         "error", description="An image file that is missing or cannot be decoded: error, mark the image absent, "
                              "or skip the row.")
+    seed: int = Field(0, description="Seed of the random splits (independent of the training seed).")
+
+    @model_validator(mode="after")
+    def _some_training_rows(self) -> ColumnMapping:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave some rows for training (sum below 1)")
+        return self
+
+
+class ManifestParams(ColumnMapping):
+    path: Path = Field(description="CSV, TSV, JSONL or Parquet (needs pyarrow) file, one row per sample.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field("auto", description="auto: from the suffix.")
+    encoding: str = Field("utf-8", description="Text encoding of the file, e.g. latin-1, cp1252, utf-16.")
     storage: Storage = Field(
         "memory", description="memory: images in RAM; mmap: read batch by batch from the on-disk image cache "
                               "(for data larger than memory).")
     cache_dir: Path | None = Field(None, description="Image cache folder; default $TRANSMODAL_CACHE_DIR, "
                                                      "$XDG_CACHE_HOME/transmodal or ~/.cache/transmodal.")
     num_workers: int | None = Field(None, ge=1, description="Processes decoding images; default: one per core.")
-    seed: int = Field(0, description="Seed of the random splits (independent of the training seed).")
 
     _known_encoding = field_validator("encoding")(known_encoding)
-
-    @model_validator(mode="after")
-    def _some_training_rows(self) -> ManifestParams:
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must leave some rows for training (sum below 1)")
-        return self
