@@ -22,9 +22,10 @@ def pillow() -> Any:
 
 
 def decode_rgb(path: str | os.PathLike[str] | BinaryIO, size: int) -> bytes:
-    """One image (a file, or a binary stream such as the bytes a Hugging Face dataset holds) as RGB uint8 bytes in (3, size, size) order: shorter side resized to ``size`` (antialiased),
-    then centre-cropped, as ``image-folder`` does. Channel-major bytes without numpy or torch, so that decoding
-    worker processes never touch torch (whose thread pool does not survive a fork)."""
+    """One image (a file, or a binary stream such as an image a Hugging Face dataset holds) as RGB uint8 bytes
+    in (3, size, size) order: shorter side resized to ``size`` (antialiased), then centre-cropped, as
+    ``image-folder`` does. Channel-major bytes without numpy or torch, so that decoding worker processes never
+    touch torch (whose thread pool does not survive a fork)."""
     image_module = pillow()
     with image_module.open(path) as opened:
         image = opened.convert("RGB")
