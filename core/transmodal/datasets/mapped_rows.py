@@ -43,16 +43,19 @@ class MappedRows(ABC):
 
     ``what`` (the dataset's name) and ``source`` (its file or folder) start every error message. ``classes``,
     when the data declares them (a Hugging Face ClassLabel), fixes the class list and its order; otherwise it is
-    every source label, numbers in numeric order. ``split`` is the column holding train/val/test, if any.
+    every source label, numbers in numeric order. ``split`` is the column holding train/val/test, if any;
+    ``split_values`` is each row's train/val/test where the data itself splits its rows (a DatasetDict's splits).
     """
 
     def __init__(self, params: ColumnMapping, rows: list[dict[str, Any]], what: str, source: str,
-                 classes: list[str] | None = None, split: str | None = None) -> None:
+                 classes: list[str] | None = None, split: str | None = None,
+                 split_values: list[str] | None = None) -> None:
         self.params = params
         self.rows = rows
         self.what = what
         self.source = source
         self.split = split
+        self.split_values = split_values
         if not self.rows:
             raise DataError(f"{what}: {source} holds no rows")
         self._check_columns()
@@ -186,15 +189,8 @@ def _assign(table: MappedRows) -> dict[str, torch.Tensor]:
     source = (table.domains == SOURCE_DOMAIN) & table.keep
     target = (table.domains == TARGET_DOMAIN) & table.keep
     labelled = torch.tensor([label is not None for label in table.labels], dtype=torch.bool)
-    if table.split is not None:
-        values = []
-        for index, row in enumerate(table.rows):
-            value = "" if is_missing(row[table.split]) else str(row[table.split]).strip().lower()
-            if value not in SPLIT_VALUES:
-                raise DataError(f"{table.where(index)}: split '{row[table.split]}' in column '{table.split}' "
-                                f"is not one of {', '.join(SPLIT_VALUES)}")
-            values.append(SPLIT_VALUES.index(value))
-        split = torch.tensor(values)
+    split = _split_codes(table)
+    if split is not None:
         masks = {
             "train": source & (split == 0), "source/val": source & (split == 1), "source/test": source & (split == 2),
             "target/val": target & labelled & (split == 1), "target/test": target & labelled & (split == 2),
@@ -209,6 +205,22 @@ def _assign(table: MappedRows) -> dict[str, torch.Tensor]:
     unlabelled = torch.cat([target_rest, (target & ~labelled).nonzero().flatten()])
     return {"train": train, "source/val": val, "source/test": test, "target/test": target_test,
             "unlabelled": unlabelled}
+
+
+def _split_codes(table: MappedRows) -> torch.Tensor | None:
+    """Each row's split as an index into SPLIT_VALUES, or None when the splits are to be drawn at random."""
+    if table.split_values is not None:
+        return torch.tensor([SPLIT_VALUES.index(value) for value in table.split_values])
+    if table.split is None:
+        return None
+    codes = []
+    for index, row in enumerate(table.rows):
+        value = "" if is_missing(row[table.split]) else str(row[table.split]).strip().lower()
+        if value not in SPLIT_VALUES:
+            raise DataError(f"{table.where(index)}: split '{row[table.split]}' in column '{table.split}' "
+                            f"is not one of {', '.join(SPLIT_VALUES)}")
+        codes.append(SPLIT_VALUES.index(value))
+    return torch.tensor(codes)
 
 
 def _split_off(indices: torch.Tensor, fraction: float, generator: torch.Generator,
