@@ -1,5 +1,6 @@
 """The listing and validation commands start without importing torch (it costs seconds on every call), and none
-imports matplotlib (only ``report`` draws, when it runs)."""
+imports matplotlib (only ``report`` draws, when it runs) or Hugging Face ``datasets`` (only ``hf-dataset`` reads
+with it, when it builds)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ with contextlib.redirect_stdout(io.StringIO()):
     except SystemExit as exit:  # --help
         code = exit.code
 print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy" in sys.modules,
-                  "matplotlib": "matplotlib" in sys.modules}))
+                  "matplotlib": "matplotlib" in sys.modules, "datasets": "datasets" in sys.modules}))
 """
 
 
@@ -42,7 +43,8 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "numpy": "numpy
 def test_command_does_not_import_torch(args: list[str]):
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"code": 0, "torch": False, "numpy": False, "matplotlib": False}, result.stderr
+    assert report == {"code": 0, "torch": False, "numpy": False, "matplotlib": False, "datasets": False}, \
+        result.stderr
 
 
 def test_python_dash_m_runs_the_cli():

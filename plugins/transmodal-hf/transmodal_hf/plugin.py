@@ -5,7 +5,7 @@ from __future__ import annotations
 import transmodal
 from transmodal.hookspecs import Register
 
-from transmodal_hf.params import HFTextParams, HFTokenizerParams
+from transmodal_hf.params import HFDatasetParams, HFTextParams, HFTokenizerParams
 
 _HERE = "transmodal_hf"
 
@@ -20,3 +20,10 @@ def register_tokenizers(register: Register) -> None:
 def register_encoders(register: Register) -> None:
     register("hf-text", f"{_HERE}.encoder:build_hf_text", HFTextParams,
              "A Hugging Face transformer (default all-MiniLM-L6-v2, offline): mean/cls pooling or tokens.")
+
+
+@transmodal.hookimpl
+def register_datasets(register: Register) -> None:
+    register("hf-dataset", f"{_HERE}.dataset:build_hf_dataset", HFDatasetParams,
+             "A Hugging Face datasets dataset saved to disk, or local Parquet/CSV/JSON files; columns mapped to "
+             "modalities as manifest maps them.")
