@@ -53,7 +53,7 @@ def _datasets() -> Any:
 
 def _not_here(path: str) -> Exception:
     """Why ``path`` cannot be read: a Hub name is never downloaded; anything else is a missing file."""
-    if HUB_NAME.fullmatch(path) and Path(path).suffix.lower() not in SUFFIXES:
+    if HUB_NAME.fullmatch(path) and not path.startswith(".") and Path(path).suffix.lower() not in SUFFIXES:
         return ConfigError(
             f"data.dataset.path: '{path}' is not a folder or file on this machine, and {WHAT} never downloads. "
             f"On a machine with network access run: python -c \"import datasets; "
@@ -62,7 +62,8 @@ def _not_here(path: str) -> Exception:
 
 
 def _load(params: HFDatasetParams) -> tuple[Any, Path]:
-    """The Dataset or DatasetDict that ``params.path`` names, and the folder that relative image paths start from."""
+    """The Dataset or DatasetDict that ``params.path`` names, and the folder that relative image paths start from
+    (the save_to_disk folder, or the first data file's)."""
     datasets = _datasets()
     location = Path(params.path).expanduser().absolute()
     if location.is_dir():
@@ -70,34 +71,37 @@ def _load(params: HFDatasetParams) -> tuple[Any, Path]:
             raise ConfigError(f"data.dataset.path: {location} is not a folder written by save_to_disk (it has no "
                               f"state.json or dataset_dict.json); to read data files inside it, name them, e.g. "
                               f"path: {location / '*.parquet'}")
-        return datasets.load_from_disk(str(location)), location
-    files = sorted(glob.glob(str(location))) if glob.has_magic(str(location)) else \
+        try:
+            return datasets.load_from_disk(str(location)), location
+        except (OSError, ValueError) as error:  # a damaged folder
+            raise DataError(f"{WHAT}: {location} is not readable by load_from_disk ({error})") from None
+    files = sorted(glob.glob(str(location), recursive=True)) if glob.has_magic(str(location)) else \
         [str(location)] if location.is_file() else []
     if not files:
         raise _not_here(params.path)
-    kinds = {params.format} if params.format != "auto" else {SUFFIXES.get(Path(f).suffix.lower()) for f in files}
-    if None in kinds or len(kinds) > 1:
+    suffixes = {Path(file).suffix.lower() for file in files}
+    if params.format == "auto" and (len(suffixes) > 1 or not suffixes <= set(SUFFIXES)):
         raise ConfigError(f"data.dataset.format: cannot tell one format for {params.path} from the suffixes of "
                           f"{', '.join(Path(f).name for f in files[:SHOWN])}; set format: parquet, csv, tsv or json")
-    kind = kinds.pop()
+    kind = params.format if params.format != "auto" else SUFFIXES[suffixes.pop()]
     # The builder writes an Arrow copy: into a folder of our own, gone once the rows are in memory.
     cache = tempfile.mkdtemp(prefix="transmodal-hf-dataset-")
-    reader = {"parquet": datasets.Dataset.from_parquet, "json": datasets.Dataset.from_json}.get(
-        kind, datasets.Dataset.from_csv)
+    reader = datasets.Dataset.from_parquet if kind == "parquet" else \
+        datasets.Dataset.from_json if kind == "json" else datasets.Dataset.from_csv
     options = {"sep": "\t"} if kind == "tsv" else {}
     try:
-        return reader(files, cache_dir=cache, keep_in_memory=True, **options), location.parent
+        return reader(files, cache_dir=cache, keep_in_memory=True, **options), Path(files[0]).parent
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
         raise DataError(f"{WHAT}: {params.path} is not readable as {kind} ({error})") from None
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _parts(data: Any, params: HFDatasetParams, source: str) -> list[tuple[str, str | None, Any]]:
-    """(name, train/val/test or None, Dataset) per part: a DatasetDict's splits, each mapped to train/val/test,
-    or one part whose rows a split column or the random draw splits (a Dataset; a DatasetDict of one split)."""
+def _parts(data: Any, params: HFDatasetParams, source: str) -> tuple[list[tuple[str, Any]], list[str] | None]:
+    """(name, Dataset) per part, and what each part is (train, val or test) where those are a DatasetDict's splits;
+    None where a split column or the random draw splits the rows (a Dataset; a DatasetDict of one split)."""
     if not isinstance(data, _datasets().DatasetDict):
-        return [("", None, data)]
+        return [("", data)], None
     for name in params.splits:
         if name not in data:
             close = difflib.get_close_matches(name, list(data), n=1)
@@ -106,23 +110,23 @@ def _parts(data: Any, params: HFDatasetParams, source: str) -> list[tuple[str, s
                               f"{', '.join(data)}")
     if len(data) == 1 and not params.splits:
         name = next(iter(data))
-        return [(name, None, data[name])]
+        return [(name, data[name])], None
     if params.split is not None:
         raise ConfigError(f"data.dataset.split: {source} is a DatasetDict split into {', '.join(data)} already; "
                           f"drop split (the DatasetDict's splits are used) or save one Dataset with that column")
-    parts = []
-    for name, part in data.items():
+    roles = []
+    for name in data:
         role = params.splits.get(name, KNOWN_SPLITS.get(name.lower()))
         if role is None:
             raise ConfigError(f"data.dataset.splits: {source} has a split '{name}' that is none of train, "
                               f"validation, test; say what it is, e.g. splits: {{{name}: train}}")
-        parts.append((name, role, part))
-    return parts
+        roles.append(role)
+    return list(data.items()), roles
 
 
-def _class_names(parts: list[tuple[str, str | None, Any]], column: str, source: str) -> list[str] | None:
+def _class_names(parts: list[tuple[str, Any]], column: str, source: str) -> list[str] | None:
     """The names of ``column``'s ClassLabel feature (the same in every part), or None when it is not one."""
-    found = {name: part.features.get(column) for name, _, part in parts}
+    found = {name: part.features.get(column) for name, part in parts}
     names = {key: tuple(feature.names) for key, feature in found.items()
              if isinstance(feature, _datasets().ClassLabel)}
     if not names:
@@ -159,17 +163,18 @@ class _HFRows(MappedRows):
     def __init__(self, params: HFDatasetParams) -> None:
         data, self.folder = _load(params)
         source = str(Path(params.path).expanduser().absolute()) if not glob.has_magic(params.path) else params.path
-        parts = _parts(data, params, source)
-        self.names = [f" split '{name}'" if name else "" for name, _, _ in parts]
-        self.starts = []  # first row of each part
+        parts, roles = _parts(data, params, source)
+        self.names = [f" split '{name}'" if name else "" for name, _ in parts]
+        self.starts: list[int] = []  # first row of each part
         rows: list[dict[str, Any]] = []
-        for (name, _, part), shown in zip(parts, self.names):
+        for (_, part), shown in zip(parts, self.names):
             self.starts.append(len(rows))
             rows.extend(_rows(part, f"{WHAT}: {source}{shown}"))
-        roles = [role for _, role, part in parts for _ in range(len(part))] if parts[0][1] is not None else None
+        split_values = None if roles is None else \
+            [role for (_, part), role in zip(parts, roles) for _ in range(len(part))]
         self.on_missing = params.on_missing
         super().__init__(params, rows, WHAT, source, classes=_class_names(parts, params.label, source),
-                         split=params.split, split_values=roles)
+                         split=params.split, split_values=split_values)
 
     def where(self, index: int) -> str:
         part = bisect.bisect_right(self.starts, index) - 1
