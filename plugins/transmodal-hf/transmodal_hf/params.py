@@ -58,6 +58,8 @@ class HFDatasetParams(ColumnMapping):
                                   "downloaded.")
     format: Literal["auto", "parquet", "csv", "tsv", "json"] = Field(
         "auto", description="Of data files (not of a save_to_disk folder); auto: from the suffix.")
+    split: str | None = Field(None, description="A column of train/val/test, for a Dataset (a DatasetDict of several "
+                                                "splits uses those); without either, splits are drawn at random.")
     splits: dict[str, Literal["train", "val", "test"]] = Field(
         default_factory=dict, description="A DatasetDict's split names -> train, val or test; train, validation "
                                           "(valid, val, dev) and test are known without it.")

@@ -25,5 +25,4 @@ def register_encoders(register: Register) -> None:
 @transmodal.hookimpl
 def register_datasets(register: Register) -> None:
     register("hf-dataset", f"{_HERE}.dataset:build_hf_dataset", HFDatasetParams,
-             "A Hugging Face datasets dataset saved to disk, or local Parquet/CSV/JSON files; columns mapped to "
-             "modalities as manifest maps them.")
+             "A Hugging Face dataset saved to disk, or local Parquet/CSV/JSON files; columns mapped as manifest's.")
