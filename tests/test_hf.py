@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast  # noqa: E402
 
 import transmodal  # noqa: E402
+from conftest import tiny_experiment_dict  # noqa: E402
 from transmodal.config import parse_experiment, validate_components  # noqa: E402
 from transmodal.data import PAD_ID, ModalitySpec  # noqa: E402
 from transmodal.errors import ConfigError, DataError  # noqa: E402
@@ -285,5 +286,20 @@ def test_a_frozen_minilm_trains_a_head_end_to_end_with_dann(tmp_path):
     experiment = reviews_experiment(tmp_path, "minilm", {"freeze": True}, [{"name": "dann", "hidden": 32}])
     summary, run_dir = transmodal.train(experiment, quiet=True)
     assert summary["final"]["source/val"]["accuracy"] >= 0.75  # good/bad are easy for a sentence encoder
+    metrics, _ = transmodal.evaluate_run(run_dir, "last")
+    assert metrics["target/test"]["accuracy"] == pytest.approx(summary["final"]["target/test"]["accuracy"])
+
+
+@needs_minilm
+def test_image_and_minilm_caption_fuse_and_train_end_to_end(tmp_path):
+    """synthetic-shapes' image + caption, the caption read by the frozen MiniLM: the pretrained text encoder beside
+    a CNN from scratch, fused, adapted with the default experiment's DANN, evaluated again from the run directory."""
+    raw = tiny_experiment_dict(tmp_path, "trainer.epochs=3", "optimizer.lr=0.01")
+    raw["data"]["tokenizer"] = {"name": "hf-tokenizer", "model": "minilm", "max_length": 24}
+    raw["model"]["encoders"]["text"] = {"name": "hf-text", "model": "minilm", "freeze": True}
+    summary, run_dir = transmodal.train(parse_experiment(raw), quiet=True)
+    assert summary["steps"] > 0
+    assert summary["final"]["source/val"]["accuracy"] > 0.25  # chance: 1/9
+    assert (run_dir / "tokenizers" / "text.json").is_file()
     metrics, _ = transmodal.evaluate_run(run_dir, "last")
     assert metrics["target/test"]["accuracy"] == pytest.approx(summary["final"]["target/test"]["accuracy"])
