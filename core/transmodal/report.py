@@ -1,9 +1,11 @@
 """``transmodal report``: one HTML page with PNG figures for a run, or comparing several runs.
 
 For one run: loss and accuracy per split over the epochs, the strategies' loss terms and logged metrics, the epoch
-each label-free validator would pick beside the oracle's, and the confusion matrix and per-class metrics of the best
-checkpoint on every evaluation split. ``metrics.jsonl`` and ``summary.json`` hold the rest, but the run keeps no
-confusion matrix of its best epoch, so ``best.pt`` is evaluated again. For several runs: their curves overlaid and a
+each label-free validator would pick beside the oracle's, and, from the best checkpoint on every evaluation split, its
+features in 2-D (before training too, where the run adapted to target data), each modality's contribution and the
+confusion matrix and per-class metrics. ``metrics.jsonl`` and ``summary.json`` hold the curves, but the run keeps
+neither features nor the confusion matrix of its best epoch, so ``best.pt`` is evaluated again
+(``report_measures.py``). For several runs: their curves overlaid and a
 table of their best and final metrics and validator picks (nothing is evaluated).
 
 The page and its figures are written into a temporary folder beside the destination and renamed into place, so a

@@ -82,7 +82,7 @@ def scatter_panels(panels: Mapping[str, Mapping[str, Points]], path: Path, colum
                    ylabel: str) -> None:
     """Panels of points in rows of ``columns``, a colour for each group (a split, a class) of a panel."""
     rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(_PANEL_WIDTH * columns, _PANEL_WIDTH * rows), layout="constrained")
+    figure = Figure(figsize=((_PANEL_WIDTH + 1.4) * columns, _PANEL_WIDTH * rows), layout="constrained")  # + legend
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
     for ax, (title, groups) in zip(axes, panels.items()):
         size = 14 if sum(len(points) for points in groups.values()) < 1000 else 5  # small, where they crowd
@@ -96,7 +96,7 @@ def scatter_panels(panels: Mapping[str, Mapping[str, Points]], path: Path, colum
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if len(groups) <= _LEGEND_GROUPS:
-            ax.legend(fontsize="small", markerscale=2)
+            ax.legend(fontsize="x-small", markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))  # off the points
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     figure.savefig(path, dpi=_DPI)
