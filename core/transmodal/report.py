@@ -239,10 +239,9 @@ def _features_section(measures: Measures, plots: ModuleType, folder: Path) -> st
     class; before adaptation as well where the run adapted to unlabelled target data."""
     from transmodal.report_measures import TSNE_SAMPLES, pca, tsne
 
-    states = {**({"before training": measures.before} if measures.before else {}), "best checkpoint": measures.after}
     if not measures.after:
         return ""
-    classes = list(measures.metrics[next(iter(measures.metrics))].get("per_class", {})) if measures.metrics else []
+    states = {**({"before training": measures.before} if measures.before else {}), "best checkpoint": measures.after}
     pca_panels: dict[str, dict[str, Any]] = {}
     tsne_panels: dict[str, dict[str, Any]] = {}
     shares = []
@@ -251,10 +250,10 @@ def _features_section(measures: Measures, plots: ModuleType, folder: Path) -> st
         labels = {split: label for split, (_, label) in by_split.items()}
         points, share = pca(features)
         shares.append(f"{state}: {share[0]:.0%} and {share[1]:.0%}")
-        pca_panels.update(_coloured(state, points, labels, classes))
+        pca_panels.update(_coloured(state, points, labels, measures.classes))
         embedded = tsne(features)
         if embedded is not None:
-            tsne_panels.update(_coloured(state, embedded, labels, classes))
+            tsne_panels.update(_coloured(state, embedded, labels, measures.classes))
     note = (f"The fused features (what the head classifies and adaptation aligns) of {_first(measures)}, all "
             f"splits projected together. ")
     if measures.before is not None:
@@ -268,7 +267,7 @@ def _features_section(measures: Measures, plots: ModuleType, folder: Path) -> st
     parts.append(_image("features-pca.png", "features in 2-D by PCA"))
     if tsne_panels:
         plots.scatter_panels(tsne_panels, folder / "features-tsne.png", 2, "t-SNE 1", "t-SNE 2")
-        parts += [f"<p>t-SNE of the first {TSNE_SAMPLES} samples of each split (scikit-learn).</p>",
+        parts += [f"<p>t-SNE (scikit-learn) of the first {TSNE_SAMPLES} of these samples of each split.</p>",
                   _image("features-tsne.png", "features in 2-D by t-SNE")]
     else:
         parts.append("<p>With scikit-learn installed, a t-SNE view is drawn as well.</p>")
@@ -286,13 +285,12 @@ def _first(measures: Measures) -> str:
 def _coloured(state: str, points: Mapping[str, Any], labels: Mapping[str, Any],
               classes: Sequence[str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """Two panels of ``state``: the points coloured by split, and the same points coloured by class."""
-    by_class: dict[str, list[tuple[float, float]]] = {}
+    by_class: dict[str, list[tuple[float, float]]] = {name: [] for name in classes}
     for split, xy in points.items():
         for point, label in zip(xy.tolist(), labels[split].tolist()):
-            by_class.setdefault(classes[label] if label < len(classes) else str(label), []).append(tuple(point))
+            by_class[classes[label]].append(tuple(point))
     return {f"{state}, by split": {split: [tuple(p) for p in xy.tolist()] for split, xy in points.items()},
-            f"{state}, by class": dict(sorted(by_class.items(), key=lambda item: classes.index(item[0])
-                                              if item[0] in classes else len(classes)))}
+            f"{state}, by class": {name: xy for name, xy in by_class.items() if xy}}
 
 
 def _contribution_section(measures: Measures, plots: ModuleType, folder: Path) -> str:

@@ -54,6 +54,7 @@ class Measures:
     before: dict[str, tuple[torch.Tensor, torch.Tensor]] | None  # of the model the run started from
     contribution: dict[str, Metrics]  # "all modalities" and "without <m>" -> metrics of the first samples
     samples: int
+    classes: list[str]
 
 
 ALL = "all modalities"
@@ -71,7 +72,8 @@ def measure(run_dir: Path, samples: int = SAMPLES) -> Measures:
         contribution[ALL] = _evaluate(trainer, samples=samples)
         for modality in trainer.model.modalities:
             contribution[f"without {modality}"] = _evaluate(trainer, (modality,), samples=samples)
-    return Measures(metrics, saved.header, after.by_split(), before, contribution, samples)
+    return Measures(metrics, saved.header, after.by_split(), before, contribution, samples,
+                    list(trainer.data.bundle.classes))
 
 
 def _features(trainer: Trainer, samples: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
