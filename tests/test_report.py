@@ -15,6 +15,7 @@ from conftest import tiny_experiment_dict
 from transmodal.api import train
 from transmodal.cli import main
 from transmodal.report_measures import measure, pca
+from transmodal.run import saved_run_trainer
 
 pytest.importorskip("matplotlib")
 
@@ -76,6 +77,24 @@ def test_features_before_and_after_adaptation_and_without_target_data(runs: tupl
     assert "features-pca.png" in images(tmp_path / "source-only" / "report.html")
     assert "Only the best checkpoint is drawn: this run used no unlabelled target data" in text
     assert measure(source_only).before is None
+
+
+def test_before_training_is_the_model_the_run_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import transmodal.run
+
+    started: dict[str, torch.Tensor] = {}
+
+    class Recording(transmodal.run.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.update({key: value.clone() for key, value in self.model.state_dict().items()})
+
+    monkeypatch.setattr(transmodal.run, "Trainer", Recording)
+    _, run_dir = train(tiny_experiment_dict(tmp_path, "trainer.epochs=1"), quiet=True)
+    monkeypatch.undo()
+    rebuilt = saved_run_trainer(run_dir).trainer.model.state_dict()  # what measure() draws as "before"
+    assert rebuilt.keys() == started.keys()
+    assert all(torch.equal(rebuilt[key], started[key]) for key in started)
 
 
 def test_modality_contribution_is_what_evaluate_drop_modality_measures(runs: tuple[Path, Path], tmp_path: Path,
