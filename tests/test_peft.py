@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import csv
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,10 @@ pytest.importorskip("transmodal_peft")
 
 import transmodal
 from transmodal.data import ModalitySpec
+from transmodal.builtin.datasets import SyntheticShapesParams
+from transmodal.datasets.export import export_synthetic_shapes
 from transmodal.errors import CheckpointError, ConfigError
+from transmodal.export import sample_batch
 from transmodal.experiment import assemble
 from transmodal.model import TransmodalModel
 from transmodal.plugins import Plugins
@@ -97,6 +102,52 @@ def test_lora_in_a_run_exports_merges_and_reloads(tiny, plugins, tmp_path: Path)
     assert fresh.evaluate() == metrics
     with pytest.raises(CheckpointError, match="not trained with an adapter strategy"):
         export_adapters(merged_dir, tmp_path / "none.pt", plugins=plugins)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_an_adapter_run_reloads_for_predict_and_export(plugins, tmp_path: Path, method: str):
+    """transmodal.load rebuilds the model with the run's adapters: its predictions are evaluate's, and its
+    exported bundles compute the same logits."""
+    pytest.importorskip("PIL")
+    data = tmp_path / "data"
+    export_synthetic_shapes(data, SyntheticShapesParams(train_size=96, val_size=40, target_train_size=32,
+                                                        target_test_size=40))
+    experiment = {
+        "data": {"dataset": {"name": "manifest", "path": str(data / "manifest.csv"),
+                             "modalities": {"image": {"kind": "image", "column": "path"},
+                                            "text": {"kind": "text", "column": "caption"}},
+                             "domain": {"column": "domain", "source": ["source"], "target": ["target"]},
+                             "split": "split", "image_size": 32, "num_workers": 1}},
+        "model": {"encoders": {"image": {"name": "small-cnn", "channels": [8, 16]},
+                               "text": {"name": "bow", "embedding_dim": 16}},
+                  "fusion": {"name": "concat", "hidden": 32}},
+        "adaptation": [{"name": method, "target_modules": ["encoders.image"]}],
+        "trainer": {"epochs": 1, "batch_size": 32, "num_threads": 1, "device": "cpu"},
+        "output": {"dir": str(tmp_path / "runs")},
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSMODAL_CACHE_DIR", str(tmp_path / "cache"))
+        _, run_dir = transmodal.train(experiment, quiet=True, plugins=plugins)
+        metrics, _ = evaluate_run(run_dir, detailed=True, plugins=plugins)
+    model = transmodal.load(run_dir, plugins=plugins)
+    assert any(".base_layer." in key for key in model.model.state_dict())  # adapted layers, not merged away
+
+    rows = [row for row in csv.DictReader((data / "manifest.csv").open(newline=""))
+            if row["domain"] == "source" and row["split"] == "val"]
+    with (data / "val.csv").open("w", newline="") as file:  # beside the images it names
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    confusion = torch.zeros(len(model.classes), len(model.classes), dtype=torch.int64)
+    for row, record in zip(rows, model.predict(data / "val.csv")):
+        confusion[model.classes.index(row["label"]), model.classes.index(record["prediction"])] += 1
+    assert confusion.tolist() == metrics["source/val"]["confusion"]
+
+    batch = sample_batch(model)
+    safetensors = ["safetensors"] if importlib.util.find_spec("safetensors") else []  # the "export" extra
+    for format in ("torchscript", *safetensors):
+        bundle = transmodal.load(model.export(tmp_path / format, format), plugins=plugins)
+        torch.testing.assert_close(bundle.forward_logits(batch), model.forward_logits(batch))
 
 
 def test_adapter_configs_that_cannot_work_are_rejected(plugins):

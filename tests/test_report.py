@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_experiment_dict
 from transmodal.api import train
 from transmodal.cli import main
+from transmodal.report_measures import measure, pca
+from transmodal.run import saved_run_trainer
 
 pytest.importorskip("matplotlib")
 
@@ -40,8 +45,10 @@ def test_report_of_one_run(runs: tuple[Path, Path], capsys: pytest.CaptureFixtur
     assert main(["report", str(run_dir)]) == 0
     page = run_dir / "report" / "report.html"
     assert f"report: {page}" in capsys.readouterr().out
+    tsne = {"features-tsne.png"} if importlib.util.find_spec("sklearn") else set()
     assert set(images(page)) == {"loss.png", "accuracy.png", "loss-terms.png", "validators.png",
-                                 "confusion-source-val.png", "confusion-target-test.png"}
+                                 "features-pca.png", "modalities.png",
+                                 "confusion-source-val.png", "confusion-target-test.png"} | tsne
     text = page.read_text(encoding="utf-8")
     summary = (run_dir / "summary.json").read_text()
     best_epoch = re.search(r'"best_epoch": (\d+)', summary).group(1)
@@ -50,6 +57,73 @@ def test_report_of_one_run(runs: tuple[Path, Path], capsys: pytest.CaptureFixtur
 
     assert main(["report", str(run_dir)]) == 0  # a second report replaces the first, leaving nothing aside
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_features_before_and_after_adaptation_and_without_target_data(runs: tuple[Path, Path], tmp_path: Path):
+    dann, source_only = runs
+    assert main(["report", str(dann), "--output", str(tmp_path / "dann")]) == 0
+    text = (tmp_path / "dann" / "report.html").read_text(encoding="utf-8")
+    assert "Before training: the model the run started from" in text
+    assert "all samples of each split (source/val: 128, target/test: 128)" in text
+
+    measures = measure(dann, samples=50)  # the cap holds the first 50 samples of each split
+    assert measures.before is not None
+    for state in (measures.after, measures.before):
+        assert {split: len(labels) for split, (_, labels) in state.items()} == {"source/val": 50, "target/test": 50}
+    assert not torch.equal(measures.before["target/test"][0], measures.after["target/test"][0])
+
+    assert main(["report", str(source_only), "--output", str(tmp_path / "source-only")]) == 0
+    text = (tmp_path / "source-only" / "report.html").read_text(encoding="utf-8")
+    assert "features-pca.png" in images(tmp_path / "source-only" / "report.html")
+    assert "Only the best checkpoint is drawn: this run used no unlabelled target data" in text
+    assert measure(source_only).before is None
+
+
+def test_before_training_is_the_model_the_run_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import transmodal.run
+
+    started: dict[str, torch.Tensor] = {}
+
+    class Recording(transmodal.run.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.update({key: value.clone() for key, value in self.model.state_dict().items()})
+
+    monkeypatch.setattr(transmodal.run, "Trainer", Recording)
+    _, run_dir = train(tiny_experiment_dict(tmp_path, "trainer.epochs=1"), quiet=True)
+    monkeypatch.undo()
+    rebuilt = saved_run_trainer(run_dir).trainer.model.state_dict()  # what measure() draws as "before"
+    assert rebuilt.keys() == started.keys()
+    assert all(torch.equal(rebuilt[key], started[key]) for key in started)
+
+
+def test_modality_contribution_is_what_evaluate_drop_modality_measures(runs: tuple[Path, Path], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    run_dir = runs[0]
+    accuracy = {}
+    for dropped in ([], ["image"], ["text"]):
+        capsys.readouterr()
+        options = [arg for m in dropped for arg in ("--drop-modality", m)]
+        assert main(["evaluate", str(run_dir), "--json", *options]) == 0
+        metrics = json.loads(capsys.readouterr().out)["metrics"]
+        accuracy[tuple(dropped)] = {split: values["accuracy"] for split, values in metrics.items()}
+    assert main(["report", str(run_dir), "--output", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "<th>all modalities</th><th>without image</th><th>without text</th><th>image adds</th>" in text
+    for split in ("source/val", "target/test"):
+        full, image, caption = (accuracy[key][split] for key in ((), ("image",), ("text",)))
+        row = "".join(f"<td>{value:.4f}</td>" for value in (full, image, caption, full - image, full - caption))
+        assert f"<tr><td>{split}</td>{row}</tr>" in text
+
+
+def test_pca_finds_the_direction_of_largest_variance():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 3, generator=generator) * torch.tensor([5.0, 1.0, 0.1])
+    points, share = pca({"source": features[:300], "target": features[300:]})
+    assert [len(p) for p in points.values()] == [300, 100]
+    first = torch.cat(list(points.values()))[:, 0]
+    assert abs(torch.corrcoef(torch.stack([first, features[:, 0]]))[0, 1]) > 0.999
+    assert 0.9 < share[0] < 1.0 and share[0] + share[1] <= 1.0
 
 
 def test_several_runs_are_compared_on_one_page(runs: tuple[Path, Path], tmp_path: Path):
@@ -73,7 +147,9 @@ def test_best_checkpoint_that_cannot_be_evaluated_falls_back_to_the_final_epoch(
     assert "could not be evaluated" in capsys.readouterr().err
     page = run_dir / "report" / "report.html"
     assert {"confusion-source-val.png", "confusion-target-test.png"} <= set(images(page))
-    assert "final epoch, from summary.json" in page.read_text(encoding="utf-8")
+    text = page.read_text(encoding="utf-8")
+    assert "final epoch, from summary.json" in text
+    assert "Features in 2-D" not in text and "Modality contribution" not in text
 
 
 def test_what_is_not_a_run_exits_2(runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -81,6 +157,8 @@ def test_what_is_not_a_run_exits_2(runs: tuple[Path, Path], tmp_path: Path, caps
     assert f"{tmp_path} is not a run directory (no config.yaml)" in capsys.readouterr().err
     assert main(["report", str(runs[0]), str(tmp_path / "missing")]) == 2
     assert f"No run directory {tmp_path / 'missing'}" in capsys.readouterr().err
+    assert main(["report", str(runs[0]), "--samples", "0"]) == 2
+    assert "--samples 0: give a positive number of samples per split" in capsys.readouterr().err
     (tmp_path / "config.yaml").write_text((runs[0] / "config.yaml").read_text())
     assert main(["report", str(tmp_path)]) == 2
     assert "has no epoch recorded in metrics.jsonl" in capsys.readouterr().err

@@ -140,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="one run, or several to compare")
     report.add_argument("--output", type=Path, metavar="DIR",
                         help="the report's folder (default: the first RUN_DIR's report/, replaced)")
+    report.add_argument("--samples", type=int, default=2000, metavar="N",
+                        help="samples per split for the features in 2-D and the modality contribution (default 2000)")
 
     rank = commands.add_parser(
         "rank", help="rank candidate encoders on a config's labelled data without training (LogME, LEEP, H-score)",
@@ -453,7 +455,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _write_report(args: argparse.Namespace) -> int:
     from transmodal.report import write_report
 
-    page = write_report([_existing_run_dir(path) for path in args.run_dirs], args.output)
+    if args.samples < 1:
+        raise ConfigError(f"--samples {args.samples}: give a positive number of samples per split")
+    page = write_report([_existing_run_dir(path) for path in args.run_dirs], args.output, args.samples)
     print(f"report: {page}")
     return EXIT_OK
 

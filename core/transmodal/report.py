@@ -1,9 +1,11 @@
 """``transmodal report``: one HTML page with PNG figures for a run, or comparing several runs.
 
 For one run: loss and accuracy per split over the epochs, the strategies' loss terms and logged metrics, the epoch
-each label-free validator would pick beside the oracle's, and the confusion matrix and per-class metrics of the best
-checkpoint on every evaluation split. ``metrics.jsonl`` and ``summary.json`` hold the rest, but the run keeps no
-confusion matrix of its best epoch, so ``best.pt`` is evaluated again. For several runs: their curves overlaid and a
+each label-free validator would pick beside the oracle's, and, from the best checkpoint on every evaluation split, its
+features in 2-D (before training too, where the run adapted to target data), each modality's contribution and the
+confusion matrix and per-class metrics. ``metrics.jsonl`` and ``summary.json`` hold the curves, but the run keeps
+neither features nor the confusion matrix of its best epoch, so ``best.pt`` is evaluated again
+(``report_measures.py``). For several runs: their curves overlaid and a
 table of their best and final metrics and validator picks (nothing is evaluated).
 
 The page and its figures are written into a temporary folder beside the destination and renamed into place, so a
@@ -24,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from transmodal.errors import ConfigError, TransmodalError
+from transmodal.report_measures import SAMPLES, Measures
 from transmodal.run_dir import read_metrics
 
 PAGE = "report.html"
@@ -55,13 +58,14 @@ class Run:
         return [key.removeprefix(prefix) for key in dict.fromkeys(keys)]
 
 
-def write_report(run_dirs: Sequence[Path], output: Path | None = None) -> Path:
+def write_report(run_dirs: Sequence[Path], output: Path | None = None, samples: int = SAMPLES) -> Path:
     """Write the report of ``run_dirs`` (one: its own page; several: a comparison) into ``output``, by default
-    the first run's ``report/`` folder, which a new report replaces; returns the page's path."""
+    the first run's ``report/`` folder, which a new report replaces; returns the page's path. ``samples``: per
+    split, for the features and the modality contribution."""
     plots = _plots()
     runs = [_read_run(path, label) for path, label in zip(run_dirs, _labels(run_dirs))]
     output = _destination(output or run_dirs[0] / "report")
-    evaluation = _best_evaluation(runs[0]) if len(runs) == 1 else None
+    evaluation = _best_evaluation(runs[0], samples) if len(runs) == 1 else None
     temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         body = (_run_page(runs[0], evaluation, plots, temporary) if evaluation is not None
@@ -133,20 +137,24 @@ def _replace(output: Path, temporary: Path) -> None:
 class _Evaluation:
     metrics: dict[str, dict[str, Any]]  # by split, with per_class and confusion
     caption: str
+    measures: Measures | None = None  # what only the checkpoint can give: features, modality contribution
 
 
-def _best_evaluation(run: Run) -> _Evaluation:
-    """The best checkpoint on every evaluation split, per class; where it cannot be evaluated (the dataset moved,
-    a plugin is missing), the final epoch's from summary.json, saying why."""
-    from transmodal.run import evaluate_run
+def _best_evaluation(run: Run, samples: int) -> _Evaluation:
+    """The best checkpoint on every evaluation split, per class, with its features and modality contribution;
+    where it cannot be evaluated (the dataset moved, a plugin is missing), the final epoch's metrics from
+    summary.json, saying why."""
+    from transmodal.report_measures import measure
 
     try:
-        metrics, header = evaluate_run(run.path, "best", detailed=True)
-        return _Evaluation(metrics, f"best checkpoint (epoch {header['epoch']}, selected by "
-                                    f"{header['selected_by']}), evaluated again")
+        measures = measure(run.path, samples)
+        header = measures.header
+        return _Evaluation(measures.metrics, f"best checkpoint (epoch {header['epoch']}, selected by "
+                                             f"{header['selected_by']}), evaluated again", measures)
     except TransmodalError as error:
         print(f"transmodal report: the best checkpoint could not be evaluated ({error}); the confusion matrices "
-              f"are the final epoch's, from summary.json", file=sys.stderr)
+              f"are the final epoch's, from summary.json, and the features and modality contribution are left "
+              f"out", file=sys.stderr)
         final = {split: metrics for split, metrics in run.summary.get("final", {}).items() if "confusion" in metrics}
         return _Evaluation(final, f"final epoch, from summary.json: the best checkpoint could not be evaluated "
                                   f"({error})")
@@ -183,6 +191,9 @@ def _run_page(run: Run, evaluation: _Evaluation, plots: ModuleType, folder: Path
                        "value"))
     parts += [_figure(plots, folder, name, figure_panels, ylabel) for name, figure_panels, ylabel in panels]
     parts.append(_validators_section(run, plots, folder))
+    if evaluation.measures is not None:
+        parts += [_features_section(evaluation.measures, plots, folder),
+                  _contribution_section(evaluation.measures, plots, folder)]
     parts.append(f"<h2>Confusion matrices</h2><p>{_text(evaluation.caption)}; rows: true class, columns: predicted "
                  f"class, colour: share of the true class.</p>")
     if not evaluation.metrics:
@@ -221,6 +232,88 @@ def _validators_section(run: Run, plots: ModuleType, folder: Path) -> str:
         _table(["validator", "epoch it picks", f"{ORACLE_SPLIT} accuracy there", "regret"], rows),
         _figure(plots, folder, "validators.png", scores, "score", marks),
     ])
+
+
+def _features_section(measures: Measures, plots: ModuleType, folder: Path) -> str:
+    """The fused features of each split in 2-D (PCA; t-SNE too with scikit-learn), coloured by split and by
+    class; before adaptation as well where the run adapted to unlabelled target data."""
+    from transmodal.report_measures import TSNE_SAMPLES, pca, tsne
+
+    if not measures.after:
+        return ""
+    states = {**({"before training": measures.before} if measures.before else {}), "best checkpoint": measures.after}
+    pca_panels: dict[str, dict[str, Any]] = {}
+    tsne_panels: dict[str, dict[str, Any]] = {}
+    shares = []
+    for state, by_split in states.items():
+        features = {split: values for split, (values, _) in by_split.items()}
+        labels = {split: label for split, (_, label) in by_split.items()}
+        points, share = pca(features)
+        shares.append(f"{state}: {share[0]:.0%} and {share[1]:.0%}")
+        pca_panels.update(_coloured(state, points, labels, measures.classes))
+        embedded = tsne(features)
+        if embedded is not None:
+            tsne_panels.update(_coloured(state, embedded, labels, measures.classes))
+    note = (f"The fused features (what the head classifies and adaptation aligns) of {_first(measures)}, all "
+            f"splits projected together. ")
+    if measures.before is not None:
+        note += ("Before training: the model the run started from (the same seed and pretrained weights, before "
+                 "any step); the run keeps no checkpoint of an earlier epoch. ")
+    else:
+        note += "Only the best checkpoint is drawn: this run used no unlabelled target data. "
+    note += f"Share of the variance on the two PCA axes: {'; '.join(shares)}."
+    parts = ["<h2>Features in 2-D</h2>", f"<p>{_text(note)}</p>"]
+    plots.scatter_panels(pca_panels, folder / "features-pca.png", 2, "PC 1", "PC 2")
+    parts.append(_image("features-pca.png", "features in 2-D by PCA"))
+    if tsne_panels:
+        plots.scatter_panels(tsne_panels, folder / "features-tsne.png", 2, "t-SNE 1", "t-SNE 2")
+        parts += [f"<p>t-SNE (scikit-learn) of the first {TSNE_SAMPLES} of these samples of each split.</p>",
+                  _image("features-tsne.png", "features in 2-D by t-SNE")]
+    else:
+        parts.append("<p>With scikit-learn installed, a t-SNE view is drawn as well.</p>")
+    return "\n".join(parts)
+
+
+def _first(measures: Measures) -> str:
+    """How many samples of each split were measured: the first ``samples`` in evaluation order, or all."""
+    counts = {split: len(labels) for split, (_, labels) in measures.after.items()}
+    cut = any(count == measures.samples for count in counts.values())
+    return (f"the first {measures.samples} samples of each split (--samples), or all of a smaller one"
+            if cut else f"all samples of each split ({', '.join(f'{s}: {n}' for s, n in counts.items())})")
+
+
+def _coloured(state: str, points: Mapping[str, Any], labels: Mapping[str, Any],
+              classes: Sequence[str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Two panels of ``state``: the points coloured by split, and the same points coloured by class."""
+    by_class: dict[str, list[tuple[float, float]]] = {name: [] for name in classes}
+    for split, xy in points.items():
+        for point, label in zip(xy.tolist(), labels[split].tolist()):
+            by_class[classes[label]].append(tuple(point))
+    return {f"{state}, by split": {split: [tuple(p) for p in xy.tolist()] for split, xy in points.items()},
+            f"{state}, by class": {name: xy for name, xy in by_class.items() if xy}}
+
+
+def _contribution_section(measures: Measures, plots: ModuleType, folder: Path) -> str:
+    """Accuracy on each split with every modality, and with each one dropped (``evaluate --drop-modality``)."""
+    from transmodal.report_measures import ALL
+
+    contribution = measures.contribution
+    if not contribution:
+        return ""
+    settings = list(contribution)
+    dropped = [setting.removeprefix("without ") for setting in settings[1:]]
+    splits = list(contribution[ALL])
+    rows = [[split, *(_number(contribution[s][split]["accuracy"]) for s in settings),
+             *(_number(contribution[ALL][split]["accuracy"] - contribution[s][split]["accuracy"])
+               for s in settings[1:])] for split in splits]
+    plots.grouped_bars({split: {s: contribution[s][split]["accuracy"] for s in settings} for split in splits},
+                       folder / "modalities.png", "accuracy")
+    note = (f"Accuracy of the best checkpoint with every modality, and with each one absent (as transmodal "
+            f"evaluate --drop-modality measures it), on {_first(measures)}; what a modality adds is the accuracy "
+            f"lost without it.")
+    return "\n".join(["<h2>Modality contribution</h2>", f"<p>{_text(note)}</p>",
+                      _table(["split", *settings, *(f"{m} adds" for m in dropped)], rows),
+                      _image("modalities.png", "accuracy with each modality dropped")])
 
 
 def _comparison_page(runs: Sequence[Run], plots: ModuleType, folder: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 Curve = Sequence[tuple[float, float]]  # (epoch, value) points
@@ -70,4 +71,53 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
+    figure.savefig(path, dpi=_DPI)
+
+
+Points = Sequence[tuple[float, float]]  # (x, y) of each sample in a 2-D projection
+_LEGEND_GROUPS = 12  # beyond this many groups (classes) a scatter's legend hides the points
+
+
+def scatter_panels(panels: Mapping[str, Mapping[str, Points]], path: Path, columns: int, xlabel: str,
+                   ylabel: str) -> None:
+    """Panels of points in rows of ``columns``, a colour for each group (a split, a class) of a panel."""
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=((_PANEL_WIDTH + 1.4) * columns, _PANEL_WIDTH * rows), layout="constrained")  # + legend
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    for ax, (title, groups) in zip(axes, panels.items()):
+        size = 14 if sum(len(points) for points in groups.values()) < 1000 else 5  # small, where they crowd
+        for index, (label, points) in enumerate(groups.items()):
+            xs, ys = zip(*points) if points else ((), ())
+            # Ten distinct colours; beyond them (many classes), a continuous map
+            colour = f"C{index}" if len(groups) <= 10 else colormaps["turbo"](index / (len(groups) - 1))
+            ax.scatter(xs, ys, s=size, alpha=0.6, color=colour, label=label, linewidths=0)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(groups) <= _LEGEND_GROUPS:
+            ax.legend(fontsize="x-small", markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))  # off the points
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.savefig(path, dpi=_DPI)
+
+
+def grouped_bars(values: Mapping[str, Mapping[str, float]], path: Path, ylabel: str) -> None:
+    """For each group (a split), a bar per setting (all modalities, without each one)."""
+    groups = list(values)
+    settings = list(dict.fromkeys(setting for bars in values.values() for setting in bars))
+    width = 0.8 / max(1, len(settings))
+    figure = Figure(figsize=(max(_PANEL_WIDTH, 2.5 + 0.6 * len(groups) * len(settings)), _PANEL_HEIGHT),
+                    layout="constrained")
+    ax = figure.subplots()
+    for index, setting in enumerate(settings):
+        offsets = [g + (index - (len(settings) - 1) / 2) * width for g in range(len(groups))]
+        heights = [values[group].get(setting, 0.0) for group in groups]
+        bars = ax.bar(offsets, heights, width, label=setting, color=f"C{index}")
+        ax.bar_label(bars, fmt="%.3f", fontsize="x-small")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.08)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside: bars reach the top
     figure.savefig(path, dpi=_DPI)

@@ -11,6 +11,7 @@ the experiment's ``validator``), ``tokenizers/`` and ``summary.json``.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,32 @@ def evaluate_run(
     """Metrics of a saved checkpoint on every evaluation split (``detailed``: per class, and the confusion
     matrix; where the run aligned two modalities, retrieval and zero-shot metrics, and with ``via``, cross-modal
     transfer to each of these modalities: see ``cross_modal.py``); returns them and the checkpoint's header."""
+    saved = saved_run_trainer(run_dir, checkpoint, plugins)
+    check_modalities(saved.trainer, drop_modalities)
+    saved.load_weights()
+    return saved.trainer.evaluate(drop_modalities, detailed=detailed, via=via), saved.header
+
+
+@dataclass
+class SavedRun:
+    """A trainer on a run's own data with the model the run started from (the same seed, so the same initial and
+    pretrained weights), and one of its checkpoints, read but not yet loaded."""
+
+    trainer: Trainer
+    state: dict[str, Any]
+    path: Path  # the checkpoint's
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return {"checkpoint": self.path.stem, "epoch": self.state["epoch"],
+                "selected_by": self.state.get("selected_by")}
+
+    def load_weights(self) -> None:
+        with restoring_from(self.path):
+            self.trainer.load_weights(self.state)
+
+
+def saved_run_trainer(run_dir: Path, checkpoint: str = "best", plugins: Plugins | None = None) -> SavedRun:
     experiment = load_run_experiment(run_dir)
     _configure_threads(experiment)
     path = run_dir / CHECKPOINTS / f"{checkpoint}.pt"
@@ -202,13 +229,12 @@ def evaluate_run(
     seed_everything(experiment.trainer.seed)
     with restoring_from(path):
         assembled = assemble(experiment, plugins, tokenizer_states=state["tokenizers"])
-    unknown = [m for m in drop_modalities if m not in assembled.model.modalities]
+    return SavedRun(Trainer(assembled, quiet=True), state, path)
+
+
+def check_modalities(trainer: Trainer, drop_modalities: tuple[str, ...]) -> None:
+    unknown = [m for m in drop_modalities if m not in trainer.model.modalities]
     if unknown:
         raise CheckpointError(
-            f"--drop-modality {', '.join(unknown)}: the model's modalities are {', '.join(assembled.model.modalities)}"
+            f"--drop-modality {', '.join(unknown)}: the model's modalities are {', '.join(trainer.model.modalities)}"
         )
-    trainer = Trainer(assembled, quiet=True)
-    with restoring_from(path):
-        trainer.load_weights(state)
-    header = {"checkpoint": checkpoint, "epoch": state["epoch"], "selected_by": state.get("selected_by")}
-    return trainer.evaluate(drop_modalities, detailed=detailed, via=via), header

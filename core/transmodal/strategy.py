@@ -89,6 +89,11 @@ class Strategy:
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
         pass
 
+    def reshape_model(self, model: TransmodalModel) -> None:
+        """Change the model's layers as training did (inject adapters): a saved model is rebuilt with this
+        before its weights are loaded, with no training context (``transmodal.load``, predict, export). A
+        strategy whose ``setup`` changes the model's layers does it here, and calls this from ``setup``."""
+
     def modules(self) -> nn.Module | None:
         return None
 

@@ -208,6 +208,10 @@ def build_trained_model(
                 schema_of(specs[name])  # a damaged schema is the run's fault, not the encoder's
     target = resolve_device(device or experiment.trainer.device)
     model = build_model(experiment, components, specs, len(info["classes"]))
+    strategies = [(spec.name, components[f"adaptation.{index}"].component.create(
+        components[f"adaptation.{index}"].params)) for index, spec in enumerate(experiment.adaptation)]
+    for _, strategy in strategies:
+        strategy.reshape_model(model)  # the layers the checkpoint's weights were saved from (adapters)
     load_model_weights(model, state["model"])
     model = model.to(target).eval()
     statistics = None
@@ -217,9 +221,7 @@ def build_trained_model(
             statistics.load_state_dict(state["target_batchnorm"])
         except (ValueError, KeyError, RuntimeError) as error:
             raise CheckpointError(f"its target BatchNorm statistics do not fit the model ({error})") from None
-    strategies = [(spec.name, components[f"adaptation.{index}"]) for index, spec in enumerate(experiment.adaptation)]
-    evaluation_strategies = tuple(name for name, resolved in strategies
-                                  if _changes_model_before_evaluation(resolved.component.create(resolved.params)))
+    evaluation_strategies = tuple(name for name, strategy in strategies if _changes_model_before_evaluation(strategy))
     return TrainedModel(experiment, model, specs, info["classes"], target, header,
                         statistics, evaluation_strategies)
 

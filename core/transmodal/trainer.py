@@ -13,7 +13,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -467,10 +467,13 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self, drop_modalities: tuple[str, ...] = (),
                  before_target: Callable[[], None] | None = None, detailed: bool = False,
-                 via: tuple[str, ...] = ()) -> Metrics:
+                 via: tuple[str, ...] = (), samples: int | None = None,
+                 observe: Callable[[str, Batch, ModelOutput], None] | None = None) -> Metrics:
         """Loss, accuracy and macro-F1 on every evaluation split, with ``drop_modalities`` absent (``detailed``:
         also per class, and the confusion matrix). Where a strategy aligns two modalities, also retrieval and
         zero-shot metrics, and for each modality of ``via`` cross-modal transfer (see ``cross_modal.py``).
+        ``samples``: only the first so many samples of each split (in the split's fixed evaluation order);
+        ``observe`` is called with each split's name, batch and the model's output (what the report draws).
 
         Source splits are evaluated as the model trained; then the strategies prepare the model for the target
         domain (``before_evaluate``: AdaBN's target statistics) and the other splits are evaluated, so that each
@@ -491,13 +494,15 @@ class Trainer:
             loader = self.data.evaluation[name]
             meter = ClassificationMeter(self.model.num_classes, self.device)
             alignment = self._split_alignment(space, drop_modalities, {} if name == SOURCE_VAL else probes)
-            for batch in loader.epoch():
+            for batch in _first_samples(loader.epoch(), samples):
                 batch = move_batch(batch, self.device)
                 for modality in drop_modalities:
                     batch.pop(modality, None)
                 with self.autocast():
                     output = self.model(batch)
                 meter.update(output.logits, batch["label"])
+                if observe is not None:
+                    observe(name, batch, output)
                 if alignment is not None:
                     alignment.update(batch, output)
             for total in (meter.confusion, meter.loss_sum):  # each rank saw its share of the split
@@ -761,6 +766,20 @@ def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> No
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint does not fit this model: {error}") from None
+
+
+def _first_samples(batches: Iterable[Batch], samples: int | None) -> Iterator[Batch]:
+    """The batches holding the first ``samples`` samples (all with None), the last one cut to size."""
+    left = samples
+    for batch in batches:
+        if left is None:
+            yield batch
+            continue
+        if left <= 0:
+            return
+        size = batch["label"].shape[0]
+        yield batch if size <= left else {key: value[:left] for key, value in batch.items()}
+        left -= size
 
 
 def _presence(batch: Batch, modality: str) -> torch.Tensor:

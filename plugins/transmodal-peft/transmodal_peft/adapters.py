@@ -112,15 +112,21 @@ class AdapterStrategy(Strategy):
     def peft_config(self, targets: list[str]) -> peft.PeftConfig:
         raise NotImplementedError
 
-    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
+    def reshape_model(self, model: TransmodalModel) -> None:
+        """Inject the adapters; a trained model's checkpoint holds their weights and the base layers' under
+        ``<layer>.base_layer``, so a saved run is rebuilt with them before its weights are loaded."""
         self.targets = self.resolve_targets(model)
         before = {id(p) for p in model.parameters()}
         peft.inject_adapter_in_model(self.peft_config(self.targets), model)
         self.adapter_keys = [name for name, p in model.named_parameters() if id(p) not in before]
+
+    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
+        self.reshape_model(model)
+        adapters = set(self.adapter_keys)
         train_groups = self._train_groups(model)
         self.train_prefixes = self._module_names(model, train_groups)
-        for parameter in model.parameters():
-            parameter.requires_grad_(id(parameter) not in before)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in adapters)
         for _, module in train_groups:
             for parameter in module.parameters():
                 parameter.requires_grad_(True)
