@@ -27,6 +27,8 @@ SOURCE_DOMAIN, TARGET_DOMAIN = 0, 1
 
 Batch = dict[str, torch.Tensor]
 PRESENT_PREFIX = "present/"
+# batch buffers a MappedColumn reuses: the batch a loop still holds, and the one it gathers next
+POOLED_BATCHES = 2
 
 
 def presence_key(modality: str) -> str:
@@ -37,14 +39,20 @@ def presence_key(modality: str) -> str:
 class MappedColumn:
     """Rows ``rows`` of a memory-mapped array, read only when indexed: ``column[indices]`` gathers one batch.
 
-    The rows are read in ascending order of their position on disk (sequential reads, each page once) and put
-    back in the requested order with one tensor scatter: no per-sample Python. Row -1 stands for a sample without
-    this modality and reads as zeros.
+    A batch is gathered by one ``index_select`` straight into its output, in the requested order: no per-sample
+    Python and one copy. Row -1 stands for a sample without this modality and reads as zeros.
+
+    The outputs of ``column[indices]`` come from a pool of :data:`POOLED_BATCHES` buffers, each reused only once
+    nothing references it any more (no tensor, view or NumPy array shares its storage): a loop that drops each
+    batch before asking for the one after next, as training and evaluation loops do, allocates nothing per step,
+    so freed batch buffers cannot pile up in (and fragment) the C allocator's heap. A batch that is still held,
+    e.g. appended to a list, is never overwritten: the next gather then gets a fresh buffer.
     """
 
     def __init__(self, array: torch.Tensor, rows: torch.Tensor) -> None:
         self.array = array
         self.rows = rows
+        self._pool: list[torch.UntypedStorage] = []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -55,20 +63,43 @@ class MappedColumn:
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         physical = self.rows[indices]
-        order = torch.argsort(physical)
-        physical = physical[order]
-        first = int(torch.searchsorted(physical, 0))  # absent rows (-1) sort first
-        gathered = torch.zeros((len(physical), *self.shape[1:]), dtype=self.array.dtype)
-        gathered[order[first:]] = self.array[physical[first:]]
-        return gathered
+        return self._gather(physical, self._buffer(torch.Size((len(physical), *self.array.shape[1:]))))
+
+    def _gather(self, physical: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Rows ``physical`` of the array into ``out``, in that order. The order on disk does not matter: a batch's
+        rows lie far apart in the file, so reading them sorted would save no read, only add a second copy."""
+        absent = physical < 0
+        if not bool(absent.any()):
+            torch.index_select(self.array, 0, physical, out=out)
+        elif len(self.array):
+            torch.index_select(self.array, 0, physical.clamp(min=0), out=out)
+            out[absent] = 0
+        else:  # no sample has this modality
+            out.zero_()
+        return out
+
+    def _buffer(self, shape: torch.Size) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` on a pooled storage that nothing else references."""
+        nbytes = shape.numel() * self.array.element_size()
+        # a storage whose only reference is the pool's own handle: no tensor, view or array of it is alive
+        free = [slot for slot, storage in enumerate(self._pool) if torch._C._storage_Use_Count(storage._cdata) == 1]
+        for slot in free:
+            if self._pool[slot].nbytes() >= nbytes:
+                return torch.empty(0, dtype=self.array.dtype).set_(self._pool[slot], 0, shape)
+        batch = torch.empty(shape, dtype=self.array.dtype)
+        if len(self._pool) < POOLED_BATCHES:
+            self._pool.append(batch.untyped_storage())
+        elif free:  # a free buffer too small for this batch (a short one came first): the larger one replaces it
+            self._pool[free[0]] = batch.untyped_storage()
+        return batch
 
     def select(self, indices: torch.Tensor) -> MappedColumn:
         """A subset of the rows, still on disk (splitting a dataset reads nothing)."""
         return MappedColumn(self.array, self.rows[indices])
 
     def load(self) -> torch.Tensor:
-        """Every row, read into memory."""
-        return self[torch.arange(len(self))]
+        """Every row, read into memory (one copy, never a pooled buffer)."""
+        return self._gather(self.rows, torch.empty(self.shape, dtype=self.array.dtype))
 
 
 @dataclass
