@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from transmodal.buffer_pool import BATCH_BUFFERS
 from transmodal.errors import DataError
 from transmodal.kinds import ModalityKind, Storage
 
@@ -27,8 +28,6 @@ SOURCE_DOMAIN, TARGET_DOMAIN = 0, 1
 
 Batch = dict[str, torch.Tensor]
 PRESENT_PREFIX = "present/"
-# batch buffers a MappedColumn reuses: the batch a loop still holds, and the one it gathers next
-POOLED_BATCHES = 2
 
 
 def presence_key(modality: str) -> str:
@@ -40,19 +39,14 @@ class MappedColumn:
     """Rows ``rows`` of a memory-mapped array, read only when indexed: ``column[indices]`` gathers one batch.
 
     A batch is gathered by one ``index_select`` straight into its output, in the requested order: no per-sample
-    Python and one copy. Row -1 stands for a sample without this modality and reads as zeros.
-
-    The outputs of ``column[indices]`` come from a pool of :data:`POOLED_BATCHES` buffers, each reused only once
-    nothing references it any more (no tensor, view or NumPy array shares its storage): a loop that drops each
-    batch before asking for the one after next, as training and evaluation loops do, allocates nothing per step,
-    so freed batch buffers cannot pile up in (and fragment) the C allocator's heap. A batch that is still held,
-    e.g. appended to a list, is never overwritten: the next gather then gets a fresh buffer.
+    Python and one copy. Row -1 stands for a sample without this modality and reads as zeros. Batches are written
+    into buffers of :data:`~transmodal.buffer_pool.BATCH_BUFFERS`, reused once nothing references them, so that a
+    loop over the split allocates nothing per step and a batch that is kept is never overwritten.
     """
 
     def __init__(self, array: torch.Tensor, rows: torch.Tensor) -> None:
         self.array = array
         self.rows = rows
-        self._pool: list[torch.UntypedStorage] = []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -63,11 +57,13 @@ class MappedColumn:
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         physical = self.rows[indices]
-        return self._gather(physical, self._buffer(torch.Size((len(physical), *self.array.shape[1:]))))
+        shape = torch.Size((len(physical), *self.array.shape[1:]))
+        return self._gather(physical, BATCH_BUFFERS.empty(shape, self.array.dtype))
 
     def _gather(self, physical: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Rows ``physical`` of the array into ``out``, in that order. The order on disk does not matter: a batch's
-        rows lie far apart in the file, so reading them sorted would save no read, only add a second copy."""
+        """Rows ``physical`` of the array into ``out``, in that order. Reading them sorted by position in the file
+        (then a second copy to restore the order) was no faster, not even with the file out of the page cache: a
+        batch's rows lie far apart in it."""
         absent = physical < 0
         if not bool(absent.any()):
             torch.index_select(self.array, 0, physical, out=out)
@@ -77,21 +73,6 @@ class MappedColumn:
         else:  # no sample has this modality
             out.zero_()
         return out
-
-    def _buffer(self, shape: torch.Size) -> torch.Tensor:
-        """An uninitialised tensor of ``shape`` on a pooled storage that nothing else references."""
-        nbytes = shape.numel() * self.array.element_size()
-        # a storage whose only reference is the pool's own handle: no tensor, view or array of it is alive
-        free = [slot for slot, storage in enumerate(self._pool) if torch._C._storage_Use_Count(storage._cdata) == 1]
-        for slot in free:
-            if self._pool[slot].nbytes() >= nbytes:
-                return torch.empty(0, dtype=self.array.dtype).set_(self._pool[slot], 0, shape)
-        batch = torch.empty(shape, dtype=self.array.dtype)
-        if len(self._pool) < POOLED_BATCHES:
-            self._pool.append(batch.untyped_storage())
-        elif free:  # a free buffer too small for this batch (a short one came first): the larger one replaces it
-            self._pool[free[0]] = batch.untyped_storage()
-        return batch
 
     def select(self, indices: torch.Tensor) -> MappedColumn:
         """A subset of the rows, still on disk (splitting a dataset reads nothing)."""
