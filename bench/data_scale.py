@@ -9,11 +9,13 @@ For each size the script writes that many PNGs (side x side, ten class folders),
 (not timed), then runs each pipeline in a fresh process. The transmodal pipelines go through the vision plugin's
 ``image-folder`` dataset as a user's config would (listing the folders, keying and opening the cache entry, the
 split; ``storage: memory`` or ``mmap``), then every pipeline reads every sample of one shuffled epoch as float
-batches in [0, 1] and reports samples/s and its peak resident memory (with its DataLoader workers, for
-torchvision). For the transmodal pipelines also the peak of anonymous memory over the whole run, dataset
-preparation included (sampled every few milliseconds), which leaves out the file pages a memory map brings in
-(counted as resident, but dropped by the kernel when memory is short), and the anonymous memory right after the
-imports (torch's own, the same at every size). The last line of output is one JSON object: per size, each
+batches in [0, 1] and reports samples/s and its peak resident size (``ru_maxrss``; for torchvision plus that of
+its largest DataLoader worker). The resident size counts the pages of every file the process maps: torch's
+libraries, and for the memory-mapped split every page of the cache file it has read, which belong to the page cache
+and are dropped by the kernel when memory is short. What the process itself needs is its anonymous memory, so for
+the transmodal pipelines the script also reports the peak of that over the whole run, dataset preparation included
+(``RssAnon``, sampled every few milliseconds), and the anonymous memory right after the imports (torch's own, the
+same at every size). The last line of output is one JSON object: per size, each
 pipeline's samples/s and peak MiB, and the ratios to torchvision's samples/s.
 
 Generating 400k files takes minutes: with ``--data DIR`` the files (and the image cache) are kept in DIR and
@@ -140,7 +142,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
 
 def measure(pipeline: str, root: Path, cache: Path, side: int, batch: int, repeats: int) -> dict[str, float]:
     """Medians over ``repeats`` fresh processes; with more than one, also the range of the peak anonymous memory
-    (the allocator keeps freed batch buffers or not, a spread of tens of MiB from one run to the next)."""
+    (where glibc puts the loop's own float batches varies from one process to the next, by a batch or two)."""
     command = [sys.executable, __file__, "--pipeline", pipeline, "--root", str(root), "--cache", str(cache),
                "--side", str(side), "--batch", str(batch)]
     runs = [json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from transmodal import image_cache
+from transmodal import data, image_cache
+from transmodal.buffer_pool import BufferPool
 from transmodal.cli import main
 from transmodal.data import BatchLoader, MappedColumn
 from transmodal.file_list import FileList
@@ -203,6 +204,34 @@ def test_mapped_column_gathers_like_a_tensor(tmp_path):
     in_memory = BatchLoader({"image": column.load(), "label": torch.arange(7)}, batch_size=3, shuffle=True, seed=1)
     for mapped, loaded in zip(loader.epoch(2), in_memory.epoch(2)):
         assert torch.equal(mapped["image"], loaded["image"]) and torch.equal(mapped["label"], loaded["label"])
+
+
+
+def test_mapped_batches_stay_valid_while_held_and_their_buffers_are_reused_once_dropped(tmp_path, monkeypatch):
+    """A batch is never overwritten while anything references it (the batch, a view of it, a NumPy array of it),
+    so code that keeps batches, as evaluation and prediction keep their outputs, gets them intact; a loop that
+    drops each batch reuses the buffers instead of allocating one per step."""
+    monkeypatch.setattr(data, "BATCH_BUFFERS", BufferPool(slots=4))  # none lent out by other tests
+    paths = _images(tmp_path / "images", 20)
+    array = ImageCache(tmp_path / "cache", num_workers=1).load(paths, 8).images
+    column = MappedColumn(array, torch.arange(20))
+    loader = BatchLoader({"image": column}, batch_size=4, shuffle=True, seed=3)
+    expected = [array[indices] for indices in loader.order(0).split(4)]
+
+    kept = [batch["image"] for batch in loader.epoch(0)]
+    view, numpy_array = kept[0][1:], kept[1].numpy()
+    del kept
+    later = [batch["image"] for batch in loader.epoch(0)]  # must not reuse the buffers the view and array hold
+    assert torch.equal(view, expected[0][1:]) and torch.equal(torch.from_numpy(numpy_array), expected[1])
+    assert all(torch.equal(batch, wanted) for batch, wanted in zip(later, expected, strict=True))
+    del view, numpy_array, later
+
+    allocated, empty = [], torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *shape, **options: allocated.append(shape) or empty(*shape, **options))
+    for batch, wanted in zip(loader.epoch(0), expected, strict=True):
+        assert torch.equal(batch["image"], wanted)
+    # the pool's buffers, held by the dropped batches before, serve the whole epoch: no new batch buffer
+    assert [shape for shape in allocated if shape != (0,)] == []
 
 
 def test_cache_list_and_clear(tmp_path, capsys):
