@@ -20,6 +20,9 @@ import torch
 # batch buffers alive at once in a training step: the source batch it holds and the next one being gathered,
 # and the same for the unlabelled target batches beside them
 SLOTS = 4
+# torch's own reference count of a storage (what its cudagraph trees check before reusing memory); private, so a
+# torch without it gets fresh buffers every time: the same batches, only memory that is not flat
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
 class BufferPool:
@@ -32,11 +35,11 @@ class BufferPool:
 
     def empty(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape``, on a pooled storage that nothing else references."""
+        if _use_count is None:
+            return torch.empty(shape, dtype=dtype)
         nbytes = shape.numel() * dtype.itemsize
-        # torch's own reference count of the storage (what its cudagraph trees check before reusing memory): 1 is
-        # the pool's handle alone, so no tensor, view or array of it is alive
-        free = [slot for slot, storage in enumerate(self._storages)
-                if torch._C._storage_Use_Count(storage._cdata) == 1]
+        # a count of 1 is the pool's handle alone: no tensor, view or array of the storage is alive
+        free = [slot for slot, storage in enumerate(self._storages) if _use_count(storage._cdata) == 1]
         for slot in free:
             if self._storages[slot].nbytes() >= nbytes:
                 return torch.empty(0, dtype=dtype).set_(self._storages[slot], 0, shape)
