@@ -2,8 +2,8 @@
 while running, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: ``kill``, a scheduler's preemption, or torchrun
 stopping the other ranks when one fails).
 
-Only the commands that train, evaluate, predict, export, rank or report import torch: ``--help``, ``components``, ``plugins`` and ``config`` start
-in a fraction of torch's own import time.
+Only the commands that train, evaluate, predict, export, rank or report import torch: ``--help``, ``components``,
+``plugins``, ``config`` and ``compare`` start in a fraction of torch's own import time.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ required. The "target" domain shifts the image statistics (textured, noisy, low-
 backgrounds and a shifted palette), giving domain adaptation something real to recover. Captions
 follow the same templates in both domains: a caption shift would put unknown words in front of a
 vocabulary fitted on the source, which no alignment of features can recover, and it gave the domain
-discriminator of adversarial strategies a trivial cue that stalled the image pathway. Everything is drawn from one ``torch.Generator`` so the same
-seed always yields identical tensors and captions.
+discriminator of adversarial strategies a trivial cue that stalled the image pathway. Everything is drawn
+from one ``torch.Generator`` so the same seed always yields identical tensors and captions.
 """
 
 from __future__ import annotations
