@@ -202,3 +202,22 @@ def test_python_api_refuses_a_wrong_modality_name(trained):
     run_dir, _ = trained
     with pytest.raises(InputError, match="no modality caption"):
         transmodal.load(run_dir).predict({"caption": ["hello"]})
+
+
+def test_python_api_takes_image_tensors_as_the_files_they_were_decoded_from(trained):
+    run_dir, data = trained
+    from transmodal.images import decode_rgb
+
+    rows = [row for row in _rows(data / "manifest.csv") if row["split"] == "val"][:6]
+    paths = [data / row["path"] for row in rows]
+    texts = [row["caption"] for row in rows]
+    model = transmodal.load(run_dir)
+    decoded = torch.stack([torch.frombuffer(bytearray(decode_rgb(path, 32)), dtype=torch.uint8).view(3, 32, 32)
+                           for path in paths])
+    from_files = model.predict({"image": paths, "text": texts})
+    from_tensors = model.predict({"image": decoded, "text": texts})
+    assert [r["top_k"] for r in from_tensors] == [r["top_k"] for r in from_files]
+    with pytest.raises(InputError, match=r"uint8 image tensors of shape \(3, 32, 32\)"):
+        model.predict({"image": decoded.float() / 255, "text": texts})
+    with pytest.raises(InputError, match="a file path or a uint8 tensor"):
+        model.predict({"image": [3] * len(texts), "text": texts})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -241,7 +242,12 @@ def _value(spec: ModalitySpec, value: Any) -> Any:
     if value is None or (spec.kind == "tabular" and isinstance(value, Mapping)
                          and all(map(is_missing, value.values()))):
         return None
-    return Path(value) if spec.kind == "image" else value
+    if spec.kind != "image" or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise InputError(f"an image is given as a file path or a uint8 tensor of shape {tuple(spec.shape)}, "
+                     f"not {type(value).__name__}")
 
 
 def batches(trained: TrainedModel, inputs: Inputs, batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
@@ -297,7 +303,12 @@ def _tabular(spec: ModalitySpec, values: list[Any], ids: list[str]) -> torch.Ten
         raise InputError(f"modality '{spec.name}', {error}") from None
 
 
-def _image(path: Path | None, shape: tuple[int, ...], name: str) -> torch.Tensor:
+def _image(path: Path | torch.Tensor | None, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    if isinstance(path, torch.Tensor):
+        if tuple(path.shape) != tuple(shape) or path.dtype != torch.uint8:
+            raise InputError(f"modality '{name}' takes uint8 image tensors of shape {tuple(shape)}, got "
+                             f"{path.dtype} {tuple(path.shape)} (from floats in [0, 1]: (x * 255).round().byte())")
+        return path.cpu()
     channels, height, width = shape
     if channels != 3 or height != width:
         raise InputError(f"modality '{name}' takes {channels}x{height}x{width} images; predict decodes image files "
