@@ -52,6 +52,33 @@ def tiny_experiment_dict(tmp_path: Path, *overrides: str) -> dict[str, Any]:
     return apply_overrides(raw, list(overrides))
 
 
+def exported_shapes_experiment(root: Path, adaptation: list[dict[str, Any]]) -> tuple[dict[str, Any], Path]:
+    """synthetic-shapes written as PNG files + manifest.csv under ``root/data`` (a small split), and a 1-epoch
+    image + caption experiment reading it through the ``manifest`` dataset; returns (experiment dict, data folder).
+    Needs Pillow."""
+    from transmodal.builtin.datasets import SyntheticShapesParams
+    from transmodal.datasets.export import export_synthetic_shapes
+
+    data = root / "data"
+    export_synthetic_shapes(data, SyntheticShapesParams(train_size=96, val_size=40, target_train_size=32,
+                                                        target_test_size=40))
+    experiment = {
+        "name": "manifest",
+        "data": {"dataset": {"name": "manifest", "path": str(data / "manifest.csv"),
+                             "modalities": {"image": {"kind": "image", "column": "path"},
+                                            "text": {"kind": "text", "column": "caption"}},
+                             "domain": {"column": "domain", "source": ["source"], "target": ["target"]},
+                             "split": "split", "image_size": 32, "num_workers": 1}},
+        "model": {"encoders": {"image": {"name": "small-cnn", "channels": [8, 16]},
+                               "text": {"name": "bow", "embedding_dim": 16}},
+                  "fusion": {"name": "concat", "hidden": 32}},
+        "adaptation": adaptation,
+        "trainer": {"epochs": 1, "batch_size": 32, "num_threads": 1, "device": "cpu"},
+        "output": {"dir": str(root / "runs")},
+    }
+    return experiment, data
+
+
 @pytest.fixture
 def tiny(tmp_path: Path):
     """``tiny(*overrides)``: a small default-like experiment (image + caption, concat, DANN) in tmp_path."""

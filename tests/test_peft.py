@@ -14,9 +14,8 @@ pytest.importorskip("peft")
 pytest.importorskip("transmodal_peft")
 
 import transmodal
+from conftest import exported_shapes_experiment
 from transmodal.data import ModalitySpec
-from transmodal.builtin.datasets import SyntheticShapesParams
-from transmodal.datasets.export import export_synthetic_shapes
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.export import sample_batch
 from transmodal.experiment import assemble
@@ -109,22 +108,7 @@ def test_an_adapter_run_reloads_for_predict_and_export(plugins, tmp_path: Path, 
     """transmodal.load rebuilds the model with the run's adapters: its predictions are evaluate's, and its
     exported bundles compute the same logits."""
     pytest.importorskip("PIL")
-    data = tmp_path / "data"
-    export_synthetic_shapes(data, SyntheticShapesParams(train_size=96, val_size=40, target_train_size=32,
-                                                        target_test_size=40))
-    experiment = {
-        "data": {"dataset": {"name": "manifest", "path": str(data / "manifest.csv"),
-                             "modalities": {"image": {"kind": "image", "column": "path"},
-                                            "text": {"kind": "text", "column": "caption"}},
-                             "domain": {"column": "domain", "source": ["source"], "target": ["target"]},
-                             "split": "split", "image_size": 32, "num_workers": 1}},
-        "model": {"encoders": {"image": {"name": "small-cnn", "channels": [8, 16]},
-                               "text": {"name": "bow", "embedding_dim": 16}},
-                  "fusion": {"name": "concat", "hidden": 32}},
-        "adaptation": [{"name": method, "target_modules": ["encoders.image"]}],
-        "trainer": {"epochs": 1, "batch_size": 32, "num_threads": 1, "device": "cpu"},
-        "output": {"dir": str(tmp_path / "runs")},
-    }
+    experiment, data = exported_shapes_experiment(tmp_path, [{"name": method, "target_modules": ["encoders.image"]}])
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSMODAL_CACHE_DIR", str(tmp_path / "cache"))
         _, run_dir = transmodal.train(experiment, quiet=True, plugins=plugins)

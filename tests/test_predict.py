@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import transmodal
+from conftest import exported_shapes_experiment
 from transmodal.cli import main
-from transmodal.datasets.export import export_synthetic_shapes
-from transmodal.builtin.datasets import SyntheticShapesParams
 from transmodal.errors import InputError
 
 pytest.importorskip("PIL")
@@ -22,23 +21,7 @@ pytest.importorskip("PIL")
 
 def _manifest_run(root: Path) -> tuple[Path, Path]:
     """A 1-epoch image + caption run trained from exported synthetic-shapes files; returns (run, data folder)."""
-    data = root / "data"
-    export_synthetic_shapes(data, SyntheticShapesParams(train_size=96, val_size=40, target_train_size=32,
-                                                        target_test_size=40))
-    experiment = {
-        "name": "manifest",
-        "data": {"dataset": {"name": "manifest", "path": str(data / "manifest.csv"),
-                             "modalities": {"image": {"kind": "image", "column": "path"},
-                                            "text": {"kind": "text", "column": "caption"}},
-                             "domain": {"column": "domain", "source": ["source"], "target": ["target"]},
-                             "split": "split", "image_size": 32, "num_workers": 1}},
-        "model": {"encoders": {"image": {"name": "small-cnn", "channels": [8, 16]},
-                               "text": {"name": "bow", "embedding_dim": 16}},
-                  "fusion": {"name": "concat", "hidden": 32}},
-        "adaptation": [{"name": "dann"}],
-        "trainer": {"epochs": 1, "batch_size": 32, "num_threads": 1, "device": "cpu"},
-        "output": {"dir": str(root / "runs")},
-    }
+    experiment, data = exported_shapes_experiment(root, [{"name": "dann"}])
     _, run_dir = transmodal.train(experiment, quiet=True)
     return run_dir, data
 
