@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from transmodal.buffer_pool import BATCH_BUFFERS
 from transmodal.errors import DataError
@@ -259,6 +260,32 @@ class BatchLoader:
                 indices = order[index * self.batch_size : (index + 1) * self.batch_size]
                 yield self.batch(indices[self.rank :: self.world_size])
             epoch, skip = epoch + 1, 0
+
+
+def joint_batch(source: Batch, target: Batch, modalities: list[str]) -> Batch:
+    """One batch of the source rows then the target rows of ``modalities``, with presence masks where either
+    has them: the joint pass of a training step."""
+    joint = {m: _concat_padded(source[m], target[m]) for m in modalities}
+    for m in modalities:
+        if presence_key(m) in source or presence_key(m) in target:
+            joint[presence_key(m)] = torch.cat([_presence(source, m), _presence(target, m)])
+    return joint
+
+
+def _presence(batch: Batch, modality: str) -> torch.Tensor:
+    """The batch's presence mask of ``modality``; all present when the batch has none."""
+    if presence_key(modality) in batch:
+        return batch[presence_key(modality)]
+    return torch.ones(batch[modality].shape[0], dtype=torch.bool, device=batch[modality].device)
+
+
+def _concat_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Concatenate along the batch; token id tensors of different lengths are padded to the longer."""
+    if first.dim() == 2 and first.dtype == torch.int64 and first.shape[1] != second.shape[1]:
+        width = max(first.shape[1], second.shape[1])
+        first = nn.functional.pad(first, (0, width - first.shape[1]), value=PAD_ID)
+        second = nn.functional.pad(second, (0, width - second.shape[1]), value=PAD_ID)
+    return torch.cat([first, second])
 
 
 def move_batch(batch: Batch, device: torch.device, non_blocking: bool = True) -> Batch:

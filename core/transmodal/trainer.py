@@ -32,7 +32,7 @@ from transmodal.cross_modal import (
     fit_probe,
     zero_shot_modalities,
 )
-from transmodal.data import PAD_ID, Batch, BatchLoader, move_batch, presence_key
+from transmodal.data import Batch, BatchLoader, joint_batch, move_batch
 from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -399,11 +399,7 @@ class Trainer:
         modalities = self.model.modalities
         if not all(m in source and m in target for m in modalities):
             return self.model(source), self.model(target)
-        joint = {m: _concat_padded(source[m], target[m]) for m in modalities}
-        for m in modalities:
-            if presence_key(m) in source or presence_key(m) in target:
-                joint[presence_key(m)] = torch.cat([_presence(source, m), _presence(target, m)])
-        output = self.model(joint)
+        output = self.model(joint_batch(source, target, modalities))
         size = source["label"].shape[0]
         return output.rows(slice(None, size)), output.rows(slice(size, None))
 
@@ -780,20 +776,4 @@ def _first_samples(batches: Iterable[Batch], samples: int | None) -> Iterator[Ba
         size = batch["label"].shape[0]
         yield batch if size <= left else {key: value[:left] for key, value in batch.items()}
         left -= size
-
-
-def _presence(batch: Batch, modality: str) -> torch.Tensor:
-    """The batch's presence mask of ``modality``; all present when the batch has none."""
-    if presence_key(modality) in batch:
-        return batch[presence_key(modality)]
-    return torch.ones(batch[modality].shape[0], dtype=torch.bool, device=batch[modality].device)
-
-
-def _concat_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Concatenate along the batch; token id tensors of different lengths are padded to the longer."""
-    if first.dim() == 2 and first.dtype == torch.int64 and first.shape[1] != second.shape[1]:
-        width = max(first.shape[1], second.shape[1])
-        first = nn.functional.pad(first, (0, width - first.shape[1]), value=PAD_ID)
-        second = nn.functional.pad(second, (0, width - second.shape[1]), value=PAD_ID)
-    return torch.cat([first, second])
 

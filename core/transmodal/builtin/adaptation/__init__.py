@@ -23,6 +23,7 @@ from transmodal.builtin.adaptation.params import (
     PseudoLabelParams,
     SNDParams,
     TargetValidatorParams,
+    VATParams,
 )
 from transmodal.hookspecs import Register, hookimpl
 
@@ -54,6 +55,9 @@ def register_strategies(register: Register) -> None:
              "Information maximisation on target predictions (SHOT); diversity 0: plain entropy minimisation.")
     register("mcc", f"{_HERE}.alignment:build_mcc", MCCParams,
              "Minimum class confusion of target predictions (Jin et al., 2020): no discriminator.")
+    register("vat", f"{_HERE}.smoothness:build_vat", VATParams,
+             "Virtual adversarial training on source and target inputs (Miyato et al., 2018); with entropy-min and "
+             "dann, VADA (Shu et al., 2018).")
     register("pseudo-label", f"{_HERE}.self_training:build_pseudo_label", PseudoLabelParams,
              "Confident target predictions as labels, optionally from a mean teacher (EMA).")
     register("contrastive-alignment", f"{_HERE}.contrastive:build_contrastive_alignment", ContrastiveAlignmentParams,

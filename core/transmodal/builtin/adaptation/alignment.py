@@ -11,8 +11,18 @@ import math
 import torch
 from torch import nn
 
-from transmodal.builtin.adaptation.params import CDANParams, CoralParams, EntropyMinParams, MCCParams, MMDParams
-from transmodal.builtin.strategies import DomainDiscriminator, dann_coefficient, reverse_gradient
+from transmodal.builtin.adaptation.params import (
+    CDANParams,
+    CoralParams,
+    EntropyMinParams,
+    MCCParams,
+    MMDParams,
+)
+from transmodal.builtin.strategies import (
+    DomainDiscriminator,
+    dann_coefficient,
+    reverse_gradient,
+)
 from transmodal.model import TransmodalModel
 from transmodal.strategy import StepData, Strategy, TrainingContext
 

@@ -153,6 +153,25 @@ class PseudoLabelParams(WeightSchedule):
                                                                 "moving average of the model with this decay.")
 
 
+class VATParams(BaseModel):
+    """Defaults of Shu et al. (2018) for MNIST -> SVHN (VADA): radius 3.5, xi 1e-6, source 1, target 0.01."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    radius: float = Field(3.5, gt=0.0, description="L2 norm of the adversarial perturbation of each sample's "
+                                                   "encoder input (3.5: Shu et al., 2018, on images in [-1, 1]).")
+    xi: float = Field(1e-6, gt=0.0, description="Length of the random probe whose gradient gives the adversarial "
+                                                "direction (one power iteration; 1e-6: Miyato et al., 2018).")
+    source_weight: float = Field(1.0, ge=0.0, description="Weight of the smoothness term on source inputs.")
+    target_weight: float = Field(0.01, ge=0.0, description="Weight of the smoothness term on unlabelled target "
+                                                           "inputs (0: source only, no target data needed).")
+
+    @model_validator(mode="after")
+    def _something(self) -> VATParams:
+        if self.source_weight == 0 and self.target_weight == 0:
+            raise ValueError("source_weight and target_weight are both 0: vat would do nothing")
+        return self
+
+
 # -- validators -------------------------------------------------------------------------------------------------
 
 

@@ -11,9 +11,19 @@ import torch
 from torch.nn import functional as F
 
 from transmodal.builtin.adaptation.alignment import entropy
-from transmodal.builtin.adaptation.params import DEVParams, SNDParams, TargetValidatorParams
+from transmodal.builtin.adaptation.params import (
+    DEVParams,
+    SNDParams,
+    TargetValidatorParams,
+)
 from transmodal.errors import DataError
-from transmodal.validator import SOURCE_TRAIN, SOURCE_VAL, TARGET, ValidationContext, Validator
+from transmodal.validator import (
+    SOURCE_TRAIN,
+    SOURCE_VAL,
+    TARGET,
+    ValidationContext,
+    Validator,
+)
 
 
 class TargetValidator(Validator):

@@ -1,0 +1,140 @@
+"""Virtual adversarial training: predictions kept smooth around every training input, source and target."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from transmodal.builtin.adaptation.params import VATParams
+from transmodal.data import joint_batch
+from transmodal.errors import ConfigError
+from transmodal.model import TransmodalModel
+from transmodal.strategy import StepData, Strategy, TrainingContext
+
+
+def _unit(direction: torch.Tensor) -> torch.Tensor:
+    """Each sample's perturbation scaled to L2 norm 1 over all its dimensions."""
+    norms = direction.flatten(1).norm(dim=1).clamp(min=1e-12)
+    return direction / norms.view(-1, *([1] * (direction.dim() - 1)))
+
+
+def _divergence(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per row, KL(reference || softmax(logits)) for a fixed distribution ``reference``."""
+    log_reference = torch.log(reference.clamp(min=1e-12))
+    return (reference * (log_reference - torch.log_softmax(logits.float(), dim=1))).sum(dim=1)
+
+
+class VAT(Strategy):
+    """Virtual adversarial training (Miyato et al., 2018, "Virtual Adversarial Training: A Regularization Method
+    for Supervised and Semi-Supervised Learning"): for each input x, the perturbation r of L2 norm ``radius`` that
+    most changes the prediction is found by one power iteration from a random direction of length ``xi``; the loss
+    is the divergence between the prediction at x (held fixed) and at x + r. It needs no labels, so it applies to
+    the target batch as well as to the source batch.
+
+    With conditional entropy minimisation on the target (``entropy-min`` with ``diversity: 0``) and a domain
+    discriminator (``dann``) this is VADA (Shu et al., 2018, "A DIRT-T Approach to Unsupervised Domain
+    Adaptation"): entropy minimisation pushes the decision boundary out of dense target regions, and the
+    smoothness term keeps the classifier from placing it through them anyway (locally-Lipschitz), which is what
+    lets entropy minimisation work on a hard shift. The defaults are theirs: radius 3.5, xi 1e-6, source weight 1,
+    target weight 0.01 (their MNIST -> SVHN setting, images in [-1, 1]).
+
+    The perturbation applies to what each image modality's encoder receives: the batch after augmentation and
+    normalisation (and after per-image standardisation with ``data.image_normalization: per-image``; Shu et al.
+    standardise inside the network, after the perturbation). The strategy records that tensor during the
+    trainer's forward pass, so the clean prediction and its perturbed counterparts see the same augmented image.
+    """
+
+    name = "vat"
+    needs_unlabelled_target = False
+
+    def __init__(self, params: VATParams) -> None:
+        self.params = params
+        self.needs_unlabelled_target = params.target_weight > 0
+        self.recorded: dict[str, list[torch.Tensor]] = {}
+        self.replacement: dict[str, torch.Tensor] | None = None
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
+        if not model.inputs:
+            raise ConfigError(
+                "vat perturbs image inputs, and this model has no image modality; remove vat from adaptation "
+                "or add an image encoder"
+            )
+
+    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
+        for modality, module in model.inputs.items():
+            self.recorded[modality] = []
+            self.handles.append(module.register_forward_hook(self._hook(modality)))
+
+    def _hook(self, modality: str):
+        def record_or_replace(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self.replacement is not None:
+                return self.replacement[modality]
+            if module.training and torch.is_grad_enabled():
+                self.recorded[modality].append(output.detach())
+            return None
+        return record_or_replace
+
+    @contextmanager
+    def _inputs_replaced(self, inputs: dict[str, torch.Tensor]) -> Iterator[None]:
+        self.replacement = inputs
+        try:
+            yield
+        finally:
+            self.replacement = None
+
+    def _passes(self, step: StepData) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]]:
+        """The trainer's forward passes of this step as (raw batch, recorded encoder inputs, logits): one joint
+        pass over source and target rows, or one pass per domain, source first. Repeating the same passes keeps
+        BatchNorm's batch statistics as the clean prediction saw them, so only the perturbation changes it."""
+        first = {m: outputs[0] for m, outputs in self.recorded.items()}
+        rows = next(iter(first.values())).shape[0]
+        source_rows = step.source_output.logits.shape[0]
+        if step.target is None or step.target_output is None:
+            return [(step.source, first, step.source_output.logits)]
+        if rows > source_rows:
+            batch = joint_batch(step.source, step.target, step.model.modalities)
+            return [(batch, first, torch.cat([step.source_output.logits, step.target_output.logits]))]
+        passes = [(step.source, first, step.source_output.logits)]
+        second = {m: outputs[1] for m, outputs in self.recorded.items() if len(outputs) > 1}
+        if second:  # the target batch has an image modality too
+            passes.append((step.target, second, step.target_output.logits))
+        return passes
+
+    def _adversarial_divergences(self, model: TransmodalModel, batch: dict[str, torch.Tensor],
+                                 inputs: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """Per row: the divergence of the prediction at the virtual adversarial perturbation of the inputs from
+        the clean prediction."""
+        reference = torch.softmax(logits.detach().float(), dim=1)
+        probes = {m: (self.params.xi * _unit(torch.randn_like(x))).requires_grad_() for m, x in inputs.items()}
+        with self._inputs_replaced({m: x + probes[m] for m, x in inputs.items()}):
+            probe_loss = _divergence(reference, model(batch).logits).sum()
+        gradients = torch.autograd.grad(probe_loss, list(probes.values()))
+        adversarial = {m: x + self.params.radius * _unit(g.detach())
+                       for (m, x), g in zip(inputs.items(), gradients, strict=True)}
+        with self._inputs_replaced(adversarial):
+            return _divergence(reference, model(batch).logits)
+
+    def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
+        if not all(self.recorded.values()):  # the trainer's pass recorded nothing: not a training step
+            return {}
+        divergences = torch.cat([self._adversarial_divergences(step.model, batch, inputs, logits)
+                                 for batch, inputs, logits in self._passes(step)])
+        source_rows = step.source_output.logits.shape[0]
+        terms = {}
+        if self.params.source_weight > 0:
+            terms["source"] = self.params.source_weight * divergences[:source_rows].mean()
+        if self.params.target_weight > 0 and len(divergences) > source_rows:
+            terms["target"] = self.params.target_weight * divergences[source_rows:].mean()
+        return terms
+
+    def on_step_end(self, step: int) -> None:
+        for outputs in self.recorded.values():
+            outputs.clear()
+
+
+def build_vat(params: VATParams) -> VAT:
+    return VAT(params)
