@@ -256,6 +256,7 @@ def test_early_stopping_stops_once_the_validator_stops_improving(tiny, monkeypat
 
     scores = iter([0.5, 0.7, 0.7, 0.6, 0.9, 0.9])  # best at epoch 2; epochs 3 and 4 do not beat it
     monkeypatch.setattr(MetricValidator, "score", lambda self, context: next(scores))
+    monkeypatch.setattr(MetricValidator, "tiebreak", lambda self, context: 0.0)  # a tie keeps the first epoch
     experiment = tiny("trainer.epochs=6", "adaptation=[{name: finetune}]", "trainer.early_stopping={patience: 2}",
                       "trainer.score_validators=false")
     summary, run_dir = transmodal.train(experiment, quiet=True)

@@ -211,6 +211,37 @@ def test_panel_choices_and_regret():
     assert panel_choices([{"epoch": 1}]) is None
 
 
+def test_equal_source_val_accuracy_is_decided_by_the_lower_source_val_loss():
+    """Source-val accuracy saturates once the source is learnt: the epoch kept is then the one with the lowest
+    source-val loss, in the run's own selection and in the panel's."""
+    validator = get_plugins().get("validator", "source-val").build()
+    metrics = {"source/val": {"accuracy": 1.0, "loss": 0.03}}
+    context = ValidationContext(model=FixedLogits(), metrics=metrics, target_batches=lambda: iter(()),
+                                autocast=contextlib.nullcontext)
+    assert validator.score(context) == 1.0 and validator.tiebreak(context) == -0.03
+    by_loss = get_plugins().get("validator", "source-val").build(metric="loss")
+    assert by_loss.tiebreak(context) == 0.0
+
+    history = [
+        {"epoch": 1, "validators": {"a": 0.9}, "source/val": {"loss": 0.40}, "target/test": {"accuracy": 0.2}},
+        {"epoch": 2, "validators": {"a": 1.0}, "source/val": {"loss": 0.11}, "target/test": {"accuracy": 0.3}},
+        {"epoch": 3, "validators": {"a": 1.0}, "source/val": {"loss": 0.05}, "target/test": {"accuracy": 0.4}},
+        {"epoch": 4, "validators": {"a": 1.0}, "source/val": {"loss": 0.07}, "target/test": {"accuracy": 0.5}},
+    ]
+    assert panel_choices(history)["by_validator"]["a"]["epoch"] == 3
+
+
+def test_a_run_keeps_the_lower_loss_epoch_among_equally_accurate_ones(tiny, monkeypatch):
+    from transmodal.validator import MetricValidator
+
+    scores, losses = iter([0.5, 1.0, 1.0, 1.0]), iter([0.9, 0.3, 0.1, 0.2])
+    monkeypatch.setattr(MetricValidator, "score", lambda self, context: next(scores))
+    monkeypatch.setattr(MetricValidator, "tiebreak", lambda self, context: -next(losses))
+    summary, _ = transmodal.train(tiny("trainer.epochs=4", "adaptation=[{name: finetune}]",
+                                       "trainer.score_validators=false"), quiet=True)
+    assert summary["best_epoch"] == 3
+
+
 def test_a_run_records_every_label_free_validator_and_its_regret(tiny):
     summary, run_dir = transmodal.train(tiny("validator.name=dev", "adaptation=[{name: finetune}]"), quiet=True)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -52,8 +52,15 @@ def score_panel(panel: dict[str, Validator], context: ValidationContext) -> dict
     return scores
 
 
+def _tiebreak(record: dict[str, Any]) -> float:
+    """Between epochs of equal score, the lower source/val loss wins, as it does for the run's own validator
+    when it scores source/val accuracy (which saturates once the source is learnt)."""
+    return -record.get(SOURCE_VAL, {}).get("loss", 0.0)
+
+
 def panel_choices(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """For each validator scored in ``history``: the epoch it picks (the first best, as the trainer keeps),
+    """For each validator scored in ``history``: the epoch it picks (the first best after the tie-break, as the
+    trainer keeps),
     and, where target/test is labelled, the accuracy there and the regret against the oracle epoch."""
     scored = [record for record in history if record.get("validators")]
     if not scored:
@@ -62,7 +69,7 @@ def panel_choices(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     choices: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(name for record in scored for name in record["validators"]):
         pick = max((record for record in scored if name in record["validators"]),
-                   key=lambda record: record["validators"][name])
+                   key=lambda record: (record["validators"][name], _tiebreak(record)))
         choice: dict[str, Any] = {"epoch": pick["epoch"]}
         if oracle is not None and ORACLE_SPLIT in pick:
             accuracy = pick[ORACLE_SPLIT]["accuracy"]

@@ -590,11 +590,13 @@ class Trainer:
         self.model.eval()
         with torch.inference_mode():
             value = float(self.validator.score(context))
+            tiebreak = float(self.validator.tiebreak(context))
             scores = score_panel(self.panel, context)
         # Every rank scored the same samples with the same weights; rank 0's scores decide for all of them.
-        value, scores = self.world.from_main((value, scores))
-        if self.best["value"] is None or value > self.best["value"]:
-            self.best = {"value": value, "epoch": self.epoch}
+        value, tiebreak, scores = self.world.from_main((value, tiebreak, scores))
+        best = (self.best["value"], self.best.get("tiebreak", 0.0))
+        if self.best["value"] is None or (value, tiebreak) > best:
+            self.best = {"value": value, "epoch": self.epoch, "tiebreak": tiebreak}
             return True, scores
         return False, scores
 

@@ -122,6 +122,10 @@ class Validator:
     def score(self, context: ValidationContext) -> float:
         raise NotImplementedError
 
+    def tiebreak(self, context: ValidationContext) -> float:
+        """Decides between epochs of equal score (higher wins); equal again, the first epoch stays."""
+        return 0.0
+
 
 class MetricValidator(Validator):
     """A metric of a labelled evaluation split; negated for the loss so that higher is always better."""
@@ -145,6 +149,12 @@ class MetricValidator(Validator):
             )
         value = split[self.metric]
         return -value if self.metric == "loss" else value
+
+    def tiebreak(self, context: ValidationContext) -> float:
+        """Accuracy saturates (a source learnt perfectly scores 1.0 from an early epoch on): between epochs of
+        equal accuracy or F1, the one with the lower loss on the same split wins."""
+        split = context.metrics.get(self.split, {})
+        return -split["loss"] if self.metric != "loss" and "loss" in split else 0.0
 
 
 def build_source_val(params: MetricParams) -> MetricValidator:
