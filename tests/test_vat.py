@@ -6,6 +6,7 @@ import pytest
 import torch
 from transmodal.builtin.adaptation.smoothness import VAT, _divergence
 from transmodal.data import ModalitySpec, joint_batch
+from transmodal.domain_norm import batchnorm_layers
 from transmodal.encoder import ImageInput
 from transmodal.errors import ConfigError
 from transmodal.experiment import assemble
@@ -119,3 +120,15 @@ def test_vat_needs_an_image_input(tiny):
     with pytest.raises(Exception, match="both 0"):
         vat(source_weight=0.0, target_weight=0.0)
     assemble(tiny("adaptation=[{name: vat}]"))  # image + caption: the image is perturbed, the caption is not
+
+
+def test_the_perturbed_passes_leave_batchnorm_running_statistics_alone():
+    torch.manual_seed(0)
+    model = image_model().train()
+    strategy = vat(target_weight=1.0)
+    strategy.setup(model, context())
+    step = joint_step(model, batch(16, 1), batch(16, 2))
+    after_clean_pass = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    strategy.loss_terms(step)
+    assert all(torch.equal(buffer, after_clean_pass[name]) for name, buffer in model.named_buffers())
+    assert all(layer.momentum == 0.1 for layer in batchnorm_layers(model))

@@ -10,6 +10,7 @@ from torch import nn
 
 from transmodal.builtin.adaptation.params import VATParams
 from transmodal.data import joint_batch
+from transmodal.domain_norm import batchnorm_layers
 from transmodal.errors import ConfigError
 from transmodal.model import TransmodalModel
 from transmodal.strategy import StepData, Strategy, TrainingContext
@@ -56,6 +57,7 @@ class VAT(Strategy):
         self.recorded: dict[str, list[torch.Tensor]] = {}
         self.replacement: dict[str, torch.Tensor] | None = None
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.model: TransmodalModel | None = None
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
         if not model.inputs:
@@ -65,6 +67,7 @@ class VAT(Strategy):
             )
 
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
+        self.model = model
         for modality, module in model.inputs.items():
             self.recorded[modality] = []
             self.handles.append(module.register_forward_hook(self._hook(modality)))
@@ -80,11 +83,23 @@ class VAT(Strategy):
 
     @contextmanager
     def _inputs_replaced(self, inputs: dict[str, torch.Tensor]) -> Iterator[None]:
+        """The model's input modules hand the encoders ``inputs``; BatchNorm normalises by the batch as in the
+        clean pass but keeps its running statistics, which follow the clean batches only (with per-domain
+        BatchNorm, a perturbed target batch would otherwise move the source's statistics)."""
         self.replacement = inputs
+        layers = batchnorm_layers(self.model) if self.model is not None else []
+        saved = [(layer.momentum, layer.num_batches_tracked.clone() if layer.num_batches_tracked is not None
+                  else None) for layer in layers]
+        for layer in layers:
+            layer.momentum = 0.0
         try:
             yield
         finally:
             self.replacement = None
+            for layer, (momentum, tracked) in zip(layers, saved, strict=True):
+                layer.momentum = momentum
+                if tracked is not None:
+                    layer.num_batches_tracked.copy_(tracked)
 
     def _passes(self, step: StepData) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]]:
         """The trainer's forward passes of this step as (raw batch, recorded encoder inputs, logits): one joint
