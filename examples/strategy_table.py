@@ -59,6 +59,12 @@ STRATEGIES: dict[str, list[dict[str, Any]]] = {
     "entropy-min, no diversity term": [{"name": "entropy-min", "diversity": 0.0}],
     "mcc": [{"name": "mcc"}],
     "pseudo-label": [{"name": "pseudo-label"}],
+    "vat": [{"name": "vat"}],
+    # VADA (Shu et al., 2018): source and target smoothness, conditional entropy on the target and a domain
+    # discriminator whose reversed gradient reaches the encoders at 0.01 (their lambda_d; the discriminator itself
+    # trains at full rate, as in their alternating updates).
+    "vada (vat + entropy + dann)": [{"name": "vat"}, {"name": "entropy-min", "diversity": 0.0, "weight": 0.01},
+                                    {"name": "dann", "max_coefficient": 0.01}],
     "pseudo-label (mean teacher)": [{"name": "pseudo-label", "ema": 0.99}],
     "pseudo-label (threshold 0.5)": [{"name": "pseudo-label", "threshold": 0.5}],
     "lora": [{"name": "lora"}],

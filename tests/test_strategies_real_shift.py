@@ -36,6 +36,9 @@ ADAPTATION = {
     "entropy-min": [{"name": "entropy-min"}],
     "mcc": [{"name": "mcc"}],
     "pseudo-label": [{"name": "pseudo-label"}],
+    "vat": [{"name": "vat"}],
+    "vada": [{"name": "vat"}, {"name": "entropy-min", "diversity": 0.0, "weight": 0.01},
+             {"name": "dann", "max_coefficient": 0.01}],
 }
 
 
