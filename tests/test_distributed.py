@@ -1,7 +1,8 @@
 """Runs under torchrun: 2 CPU processes (gloo) through the real launcher and CLI, against 1 process.
 
-Each test starts ``python -m torch.distributed.run`` as a subprocess, so these are marked ``distributed``
-(``-m 'not distributed'`` leaves them out); together they take about half a minute on two cores.
+The tests that start ``python -m torch.distributed.run`` as a subprocess are marked ``distributed``
+(``-m 'not distributed'`` leaves them out); together they take under a minute on two cores. The others check what
+is refused before any process group starts.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import yaml
 import transmodal
 from conftest import tiny_experiment_dict
 from transmodal.config import parse_experiment
+from transmodal.distributed import World
 from transmodal.errors import ConfigError
+from transmodal.experiment import assemble
 from transmodal.run import resume
+from transmodal.trainer import Trainer
 
-pytestmark = pytest.mark.distributed
 TESTS = Path(__file__).parent
 LAUNCH_TIMEOUT = 120  # seconds: a hung job fails the test instead of the suite
 
@@ -46,10 +49,13 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.distributed
 def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path: Path):
     # Without BatchNorm, dropout or augmentation, the global batch split in two and the gradients averaged is the
-    # same step as one process takes, up to float rounding: the caption model (bag of words) and DANN.
-    raw = tiny_experiment_dict(tmp_path, "adaptation.0.dropout=0", "output.name=one")
+    # same step as one process takes, up to float rounding: the caption model (bag of words) and DANN. The
+    # evaluation splits are not divisible by 2, and target/test's last batch (1 sample) leaves rank 1 no share.
+    raw = tiny_experiment_dict(tmp_path, "adaptation.0.dropout=0", "output.name=one", "data.dataset.val_size=127",
+                               "data.dataset.target_test_size=129")
     del raw["model"]["encoders"]["image"]
     one, _ = transmodal.train(parse_experiment(raw), quiet=True)
     raw["output"]["name"] = "two"
@@ -61,12 +67,13 @@ def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path: Path):
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]  # rank 1 made no run directory of its own
     assert [r["epoch"] for r in records(runs / "two")] == [1, 2]  # nor appended its own records
     two = json.loads((runs / "two" / "summary.json").read_text())
-    for split in ("source/val", "target/test"):  # stated tolerance: 1e-4 on the loss; the same predictions
-        assert two["final"][split]["samples"] == one["final"][split]["samples"] == 128  # each sample once
+    for split, size in (("source/val", 127), ("target/test", 129)):  # tolerance: 1e-4 on the loss; the same predictions
+        assert two["final"][split]["samples"] == one["final"][split]["samples"] == size  # each sample once
         assert two["final"][split]["loss"] == pytest.approx(one["final"][split]["loss"], abs=1e-4)
         assert two["final"][split]["accuracy"] == one["final"][split]["accuracy"]
     for first, second in zip(records(runs / "one"), records(runs / "two")):
         assert second["train"]["loss"] == pytest.approx(first["train"]["loss"], abs=1e-4)
+        assert second["validators"] == pytest.approx(first["validators"], abs=1e-4)  # scored alike on every rank
     # Step records (output.loggers: jsonl) come from rank 0 alone, averaged over both ranks' shares of each batch.
     steps = {name: [json.loads(line) for line in (runs / name / "steps.jsonl").read_text().splitlines()]
              for name in ("one", "two")}
@@ -75,6 +82,62 @@ def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path: Path):
         assert second["loss"] == pytest.approx(first["loss"], abs=1e-4)
 
 
+@pytest.mark.distributed
+def test_adabn_target_statistics_are_those_of_one_process(tmp_path: Path):
+    """The default model made small (BatchNorm in the image encoder) with AdaBN. At a learning rate too small to
+    move a weight, the target's evaluation depends on the target statistics AdaBN estimates alone (they replace the
+    running ones): 2 processes must estimate those of 1, and score the target validators alike."""
+    raw = tiny_experiment_dict(tmp_path, "adaptation=[{name: adabn}]", "optimizer.lr=1e-12", "trainer.epochs=1",
+                               "data.dataset.target_test_size=129", "output.name=one")
+    one, _ = transmodal.train(parse_experiment(raw), quiet=True)
+    raw["output"]["name"] = "two"
+    result = torchrun("-m", "transmodal", "train", str(config_file(tmp_path, raw, "two")), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
+    assert two["final"]["target/test"]["samples"] == 129
+    assert two["final"]["target/test"]["loss"] == pytest.approx(one["final"]["target/test"]["loss"], abs=1e-5)
+    assert two["final"]["target/test"]["confusion"] == one["final"]["target/test"]["confusion"]
+    [first], [second] = records(tmp_path / "runs" / "one"), records(tmp_path / "runs" / "two")
+    for name in ("entropy", "snd"):  # read only the target, as AdaBN prepared the model
+        assert second["validators"][name] == pytest.approx(first["validators"][name], abs=1e-5)
+
+
+def tiny_trainer(tmp_path: Path, *overrides: str) -> Trainer:
+    """Rank 0's trainer of a 2-process run, built without a process group (building needs none)."""
+    experiment = parse_experiment(tiny_experiment_dict(tmp_path, *overrides))
+    return Trainer(assemble(experiment), quiet=True, world=World(0, 2, 0))
+
+
+def test_batch_sizes_are_global_and_must_divide_between_the_processes(tmp_path: Path):
+    trainer = tiny_trainer(tmp_path)
+    assert trainer.data.train.batch_size == 32 and len(next(trainer.data.train.epoch(0))["label"]) == 16
+    with pytest.raises(ConfigError, match="trainer.batch_size: 33 samples per step cannot be split evenly between 2"):
+        tiny_trainer(tmp_path, "trainer.batch_size=33")
+
+
+def test_a_split_smaller_than_its_batch_is_shared_unevenly_but_never_left_empty(tmp_path: Path):
+    # 31 unlabelled samples are one batch of 31 (the configured 32 divides): 16 and 15, not an error about a
+    # target_batch_size of 31 that nobody set.
+    trainer = tiny_trainer(tmp_path, "data.dataset.target_train_size=31")
+    assert len(next(trainer.data.unlabelled.stream())["image"]) == 16
+    # One training sample cannot be shared by 2 processes: rank 1 would train no step and the job would hang.
+    with pytest.raises(ConfigError, match="the training split has 1 sample, fewer than the 2 processes"):
+        tiny_trainer(tmp_path, "data.dataset.train_size=1")
+
+
+def test_sync_batchnorm_is_refused_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "1")):  # as torchrun sets them; refused before any process group starts
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):
+        transmodal.train(parse_experiment(tiny_experiment_dict(tmp_path, "trainer.sync_batchnorm=true",
+                                                               "trainer.device=cpu")), quiet=True)
+    monkeypatch.delenv("MASTER_PORT")
+    with pytest.raises(ConfigError, match="WORLD_SIZE is set but MASTER_PORT is not"):
+        transmodal.train(parse_experiment(tiny_experiment_dict(tmp_path)), quiet=True)
+
+
+@pytest.mark.distributed
 def test_a_killed_rank_stops_the_job_and_resume_completes_it(tmp_path: Path):
     """The default experiment made small (BatchNorm, per-domain statistics, DANN). Rank 1 is killed at step 6, after
     the step checkpoint at step 4; rank 0 stops with a message within seconds, not at the end of a hang."""
