@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 import transmodal
 from conftest import tiny_experiment_dict
 from transmodal.config import parse_experiment
+from transmodal.data import BatchLoader
 from transmodal.distributed import World
 from transmodal.errors import ConfigError
 from transmodal.experiment import assemble
@@ -100,6 +102,20 @@ def test_adabn_target_statistics_are_those_of_one_process(tmp_path: Path):
     [first], [second] = records(tmp_path / "runs" / "one"), records(tmp_path / "runs" / "two")
     for name in ("entropy", "snd"):  # read only the target, as AdaBN prepared the model
         assert second["validators"][name] == pytest.approx(first["validators"][name], abs=1e-5)
+
+
+def test_each_rank_gets_a_disjoint_share_of_every_batch_set_by_the_seed_and_epoch():
+    def shares(rank: int, epoch: int, seed: int = 0) -> list[list[int]]:
+        loader = BatchLoader({"x": torch.arange(40)}, batch_size=8, shuffle=True, drop_last=True, seed=seed)
+        loader.shard(rank, 2)
+        return [batch["x"].tolist() for batch in loader.epoch(epoch)]
+
+    whole = BatchLoader({"x": torch.arange(40)}, batch_size=8, shuffle=True, drop_last=True)
+    for epoch in (0, 1):
+        for batch, first, second in zip(whole.epoch(epoch), shares(0, epoch), shares(1, epoch), strict=True):
+            assert not set(first) & set(second) and sorted(first + second) == sorted(batch["x"].tolist())
+        assert shares(0, epoch) == shares(0, epoch)  # the same on every call: a resumed rank draws it again
+    assert shares(0, 0) != shares(0, 1) and shares(0, 0) != shares(0, 0, seed=1)
 
 
 def tiny_trainer(tmp_path: Path, *overrides: str) -> Trainer:
