@@ -1,7 +1,7 @@
 """Runs under torchrun: 2 CPU processes (gloo) through the real launcher and CLI, against 1 process.
 
 The tests that start ``python -m torch.distributed.run`` as a subprocess are marked ``distributed``
-(``-m 'not distributed'`` leaves them out); together they take under a minute on two cores. The others check what
+(``-m 'not distributed'`` leaves them out); together they take about a minute on two cores. The others check what
 is refused before any process group starts.
 """
 
@@ -20,12 +20,12 @@ import yaml
 
 import transmodal
 from conftest import tiny_experiment_dict
-from transmodal.config import parse_experiment
+from transmodal.config import TrainerConfig, parse_experiment
 from transmodal.data import BatchLoader
 from transmodal.distributed import World
-from transmodal.errors import ConfigError
+from transmodal.errors import ConfigError, DistributedError
 from transmodal.experiment import assemble
-from transmodal.run import resume
+from transmodal.run import _fit, resume
 from transmodal.trainer import Trainer
 
 TESTS = Path(__file__).parent
@@ -153,6 +153,22 @@ def test_sync_batchnorm_is_refused_on_the_cpu(tmp_path: Path, monkeypatch: pytes
         transmodal.train(parse_experiment(tiny_experiment_dict(tmp_path)), quiet=True)
 
 
+def test_a_lost_process_says_whether_the_run_continues_or_starts_again(tmp_path: Path):
+    class LostPeer:  # a trainer whose collective found the other rank gone, as gloo reports it
+        world = World(0, 2, 0)
+        config = TrainerConfig(distributed_timeout=30)
+
+        def fit(self) -> None:
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
+
+    with pytest.raises(DistributedError, match="No checkpoint was written yet; train it again from the beginning"):
+        _fit(LostPeer(), tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(DistributedError, match="Continue from the last checkpoint with the same number"):
+        _fit(LostPeer(), tmp_path)
+
+
 @pytest.mark.distributed
 def test_a_killed_rank_stops_the_job_and_resume_completes_it(tmp_path: Path):
     """The default experiment made small (BatchNorm, per-domain statistics, DANN). Rank 1 is killed at step 6, after
@@ -163,6 +179,7 @@ def test_a_killed_rank_stops_the_job_and_resume_completes_it(tmp_path: Path):
     stopped = torchrun(str(TESTS / "die_at_step.py"), "1", "6", "train", str(config), cwd=tmp_path)
     assert stopped.returncode != 0
     assert "another process of this run stopped" in stopped.stderr and "--resume" in stopped.stderr
+    assert "Continue from the last checkpoint" in stopped.stderr
     run_dir = tmp_path / "runs" / "run"
     assert not (run_dir / "metrics.jsonl").exists()  # stopped inside epoch 1, after the step checkpoint
 

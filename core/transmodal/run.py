@@ -109,11 +109,13 @@ def _fit(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
         if not world.distributed or not (isinstance(error, torch.distributed.DistError)
                                          or any(marker in str(error) for marker in _LOST_PEER)):
             raise
+        then = ("Continue from the last checkpoint" if (run_dir / CHECKPOINTS / "last.pt").is_file()
+                else "No checkpoint was written yet; train it again from the beginning")
         raise DistributedError(
             f"rank {world.rank} of {world.world_size}: another process of this run stopped or did not answer within "
             f"trainer.distributed_timeout ({trainer.config.distributed_timeout:g} s), so this one stops too "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Continue from the last checkpoint with "
-            f"the same number of processes: torchrun --nproc_per_node ... -m transmodal train --resume {run_dir}"
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). {then} with the same number of "
+            f"processes: torchrun --nproc_per_node ... -m transmodal train --resume {run_dir}"
         ) from None
 
 
