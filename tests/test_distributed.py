@@ -173,6 +173,19 @@ def test_a_lost_process_says_whether_the_run_continues_or_starts_again(tmp_path:
 
 
 @pytest.mark.distributed
+def test_a_rank_killed_as_the_run_starts_stops_the_job_with_a_message(tmp_path: Path):
+    raw = tiny_experiment_dict(tmp_path, "trainer.distributed_timeout=30", "output.name=run")
+    stopped = torchrun(str(TESTS / "die_at_step.py"), "1", "start", "train", str(config_file(tmp_path, raw, "run")),
+                       cwd=tmp_path)
+    assert stopped.returncode != 0
+    # Rank 0 either finds its peer gone or is stopped by torchrun first (SIGTERM): a message either way.
+    assert ("error: rank 0: lost the other processes of this run" in stopped.stderr
+            or "terminated by torchrun (SIGTERM), as another process of this run stopped" in stopped.stderr)
+    assert "[rank0]: Traceback" not in stopped.stderr  # torchrun prefixes a worker's lines with its rank
+    assert not (tmp_path / "runs" / "run").exists()  # nothing began: the empty run directory is removed
+
+
+@pytest.mark.distributed
 def test_a_killed_rank_stops_the_job_and_resume_completes_it(tmp_path: Path):
     """The default experiment made small (BatchNorm, per-domain statistics, DANN). Rank 1 is killed at step 6, after
     the step checkpoint at step 4; rank 0 stops with a message within seconds, not at the end of a hang."""
@@ -182,7 +195,8 @@ def test_a_killed_rank_stops_the_job_and_resume_completes_it(tmp_path: Path):
     stopped = torchrun(str(TESTS / "die_at_step.py"), "1", "6", "train", str(config), cwd=tmp_path)
     assert stopped.returncode != 0
     assert "another process of this run stopped" in stopped.stderr and "--resume" in stopped.stderr
-    assert "Continue from the last checkpoint" in stopped.stderr
+    # From a checkpoint: rank 0 says so whether it found its peer gone or torchrun stopped it first (SIGTERM).
+    assert "Continue from the last checkpoint" in stopped.stderr or "; continue with: torchrun" in stopped.stderr
     run_dir = tmp_path / "runs" / "run"
     assert not (run_dir / "metrics.jsonl").exists()  # stopped inside epoch 1, after the step checkpoint
 
