@@ -160,7 +160,9 @@ def process_group(config: TrainerConfig, device: torch.device) -> Iterator[World
     try:
         yield world
         dist.barrier()  # no rank tears the group down while another is still finishing
-    except dist.DistError as error:
+    except RuntimeError as error:  # outside training too: a rank that dies while the run starts
+        if not lost_peer(error):
+            raise
         raise DistributedError(
             f"rank {world.rank}: lost the other processes of this run ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:300]}); one of them stopped or stopped answering within "
@@ -168,6 +170,15 @@ def process_group(config: TrainerConfig, device: torch.device) -> Iterator[World
         ) from None
     finally:
         dist.destroy_process_group()
+
+
+# What a collective raises when a peer is gone: gloo raises a plain RuntimeError (from inside backward, too).
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "gloo", "NCCL", "timed out", "Timed out")
+
+
+def lost_peer(error: RuntimeError) -> bool:
+    """Whether ``error``, raised under torchrun, says that another process of the run is gone or not answering."""
+    return isinstance(error, dist.DistError) or any(marker in str(error) for marker in _LOST_PEER)
 
 
 def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:

@@ -20,7 +20,7 @@ import yaml
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
 from transmodal.config import MAX_SEED, Experiment, load_experiment, resolved_config
-from transmodal.distributed import World, process_group
+from transmodal.distributed import World, lost_peer, process_group
 from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
 from transmodal.experiment import assemble
 from transmodal.loggers import check_loggers, trim_logs
@@ -97,23 +97,20 @@ def _shared_run_dir(experiment: Experiment, world: World, run_dir: Path | None) 
     return claimed
 
 
-# What a collective raises when a peer is gone: gloo raises a plain RuntimeError from inside backward.
-_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "gloo", "NCCL", "timed out", "Timed out")
-
-
 def _fit(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
     try:
         return trainer.fit()
     except RuntimeError as error:
         world = trainer.world
-        if not world.distributed or not (isinstance(error, torch.distributed.DistError)
-                                         or any(marker in str(error) for marker in _LOST_PEER)):
+        if not world.distributed or not lost_peer(error):
             raise
+        then = ("Continue from the last checkpoint" if (run_dir / CHECKPOINTS / "last.pt").is_file()
+                else "No checkpoint was written yet; train it again from the beginning")
         raise DistributedError(
             f"rank {world.rank} of {world.world_size}: another process of this run stopped or did not answer within "
             f"trainer.distributed_timeout ({trainer.config.distributed_timeout:g} s), so this one stops too "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Continue from the last checkpoint with "
-            f"the same number of processes: torchrun --nproc_per_node ... -m transmodal train --resume {run_dir}"
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). {then} with the same number of "
+            f"processes: torchrun --nproc_per_node ... -m transmodal train --resume {run_dir}"
         ) from None
 
 

@@ -163,12 +163,23 @@ class Trainer:
         world = self.world
         if not world.distributed:
             return
-        for field, loader in (("batch_size", self.data.train), ("target_batch_size", self.data.unlabelled)):
-            if loader is not None and loader.batch_size % world.world_size:
+        # The configured sizes, not the loaders': a split smaller than its batch is one short batch, which the ranks
+        # may share unevenly (only an empty share would leave a rank a step behind the others).
+        target_batch = self.config.target_batch_size or self.config.batch_size
+        for field, size, loader in (("batch_size", self.config.batch_size, self.data.train),
+                                    ("target_batch_size", target_batch, self.data.unlabelled)):
+            if loader is None:
+                continue
+            if size % world.world_size:
                 raise ConfigError(
-                    f"trainer.{field}: {loader.batch_size} samples per step cannot be split evenly between "
+                    f"trainer.{field}: {size} samples per step cannot be split evenly between "
                     f"{world.world_size} processes; batch sizes are global under torchrun, so use a multiple of "
                     f"{world.world_size}")
+            if loader.size < world.world_size:
+                split = "training" if loader is self.data.train else "unlabelled target"
+                raise ConfigError(
+                    f"the {split} split has {loader.size} sample{'s' * (loader.size != 1)}, fewer than the "
+                    f"{world.world_size} processes: every process needs a share of each batch; use fewer processes")
         for loader in (self.data.train, self.data.unlabelled, *self.data.evaluation.values()):
             if loader is not None:
                 loader.shard(world.rank, world.world_size)
