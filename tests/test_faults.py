@@ -71,8 +71,9 @@ def epochs_logged(run_dir: Path) -> list[int]:
 # -- run state ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad_line", [b"{not json", b"\xff\xfe\x00binary\x9c", b'{"step": 8, "train": {}}'],
-                         ids=["garbage", "binary", "no-epoch"])
+@pytest.mark.parametrize("bad_line", [b"{not json", b"\xff\xfe\x00binary\x9c", b'{"step": 8, "train": {}}',
+                                      b'{"epoch": "1"}', b"[" * 100_000], ids=[
+    "garbage", "binary", "no-epoch", "epoch-not-a-number", "nested-beyond-the-stack"])
 def test_resume_sets_a_damaged_metrics_line_aside(stopped_run: Path, tmp_path: Path, capsys, bad_line: bytes):
     metrics = stopped_run / "metrics.jsonl"
     good = metrics.read_bytes()
@@ -86,6 +87,40 @@ def test_resume_sets_a_damaged_metrics_line_aside(stopped_run: Path, tmp_path: P
     assert files_outside(tmp_path, stopped_run) == before
 
 
+def test_an_empty_metrics_log_resumes(stopped_run: Path, capsys):
+    (stopped_run / "metrics.jsonl").write_bytes(b"")
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 0 and err == "" and epochs_logged(stopped_run) == [2]
+
+
+@pytest.mark.parametrize("plant", ["link-outside", "folder"])
+def test_resume_never_sets_damaged_lines_aside_through_a_link_or_into_a_folder(stopped_run: Path, tmp_path: Path,
+                                                                                capsys, plant: str):
+    aside = stopped_run / "metrics.jsonl.damaged"
+    if plant == "folder":
+        aside.mkdir()
+    else:
+        aside.symlink_to(tmp_path / "notes.txt")  # a planted link: appending would write beside the run
+    metrics = stopped_run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + b"{not json\n")
+    damaged_log = metrics.read_bytes()
+    before = files_outside(tmp_path, stopped_run)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and f"cannot set damaged lines aside in {aside}" in err
+    assert ("it is a symbolic link" if plant == "link-outside" else "Is a directory") in err
+    assert metrics.read_bytes() == damaged_log and files_outside(tmp_path, stopped_run) == before
+
+
+def test_a_metrics_log_that_cannot_be_read_is_named(stopped_run: Path, tmp_path: Path, capsys):
+    metrics = stopped_run / "metrics.jsonl"
+    metrics.unlink()
+    metrics.mkdir()
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and f"cannot read {metrics}: Is a directory" in err
+    assert files_outside(tmp_path) == before
+
+
 def _weights_over_last(run_dir: Path) -> None:
     shutil.copy(run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt")
 
@@ -97,6 +132,13 @@ def _edit_last(edit):
     return apply
 
 
+def _truncate_last(fraction: float):
+    def apply(run_dir: Path) -> None:  # a copy or a write that stopped part-way
+        path = run_dir / "checkpoints" / "last.pt"
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * fraction)])
+    return apply
+
+
 @pytest.mark.parametrize("damage, message", [
     (_weights_over_last, "holds weights only (a copy of best.pt?)"),
     (_edit_last(lambda state: {}), "it lacks 'epoch', 'model'"),
@@ -105,13 +147,21 @@ def _edit_last(edit):
      "its 'text' tokenizer cannot be restored (JSONDecodeError"),
     (_edit_last(lambda state: {**state, "rng": {"torch": [1, 2, 3]}}), "'rng.torch' should be a uint8 tensor"),
     (_edit_last(lambda state: {**state, "format": 99}), "format 99, from a newer transmodal"),
-], ids=["best-over-last", "empty-dict", "list", "tokenizer-not-json", "rng-wrong-type", "newer-format"])
+    (_edit_last(lambda state: {**state, "epoch": -3}), "'epoch' should be 0 or more, found -3"),
+    (_edit_last(lambda state: {**state, "model": {name: torch.zeros(1) for name in state["model"]}}),
+     "checkpoint does not fit this model: Error(s) in loading state_dict"),
+    (_truncate_last(0.5), "it is truncated or damaged"),
+    (_truncate_last(0), "it is empty (0 bytes)"),
+    (lambda run_dir: (run_dir / "checkpoints" / "last.pt").write_bytes(b"hello world, not a checkpoint"),
+     "it is damaged or not a checkpoint"),
+], ids=["best-over-last", "empty-dict", "list", "tokenizer-not-json", "rng-wrong-type", "newer-format",
+        "negative-epoch", "wrong-shapes", "truncated", "empty-file", "other-bytes"])
 def test_resume_names_what_is_wrong_with_a_checkpoint_and_which_file(stopped_run: Path, tmp_path: Path, capsys,
                                                                       damage, message: str):
     damage(stopped_run)
     before = files_outside(tmp_path)
     status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
-    assert status == 1
+    assert status == 1 and len(err.strip().splitlines()) == 1
     assert str(stopped_run / "checkpoints" / "last.pt") in err and message in err
     assert files_outside(tmp_path) == before  # the run directory too: nothing was trained or rewritten
 
