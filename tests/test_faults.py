@@ -348,18 +348,32 @@ def test_text_csv_in_another_encoding_names_the_line_and_the_encoding_option(tmp
         text = "".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n" for t, label in rows)
     data = tmp_path / f"reviews.{suffix}"
     data.write_bytes(text.encode("latin-1"))
-    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
+    config = text_csv_config(tmp_path, data)
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
     assert status == 1
     line = 3 if suffix == "csv" else 2
     assert f"{data} line {line} is not utf-8 text" in err and "set data.dataset.encoding" in err
     assert not any((tmp_path / "runs").iterdir())  # the run directory of the failed start is gone
+    assert files_outside(tmp_path) == before
     status, _ = run_cli(capsys, "train", str(text_csv_config(tmp_path, data, encoding="latin-1")), "--quiet")
+    assert status == 0
+
+
+def test_text_csv_in_utf16_suggests_utf16(tmp_path: Path, capsys):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transmodal_text")
+    data = tmp_path / "reviews.csv"  # what a spreadsheet's "Unicode text" export writes: UTF-16 with a BOM
+    data.write_bytes(("text,label\n" + "".join(f"{t},{label}\n" for t, label in review_rows())).encode("utf-16"))
+    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
+    assert status == 1 and f"{data} line 1 is not utf-8 text" in err and "e.g. utf-16" in err
+    status, _ = run_cli(capsys, "train", str(text_csv_config(tmp_path, data, encoding="utf-16")), "--quiet")
     assert status == 0
 
 
 @pytest.mark.parametrize("suffix, cell, shown", [
     ("csv", "NaN", "'NaN'"), ("csv", "nan", "'nan'"), ("csv", "", "''"),
-    ("jsonl", None, "None"), ("jsonl", float("nan"), "nan"),
+    ("csv", "   ", "'   '"), ("jsonl", None, "None"), ("jsonl", float("nan"), "nan"),
 ])
 def test_text_csv_refuses_a_row_without_a_label_instead_of_making_it_a_class(tmp_path: Path, capsys, suffix: str,
                                                                               cell, shown: str):
@@ -374,24 +388,71 @@ def test_text_csv_refuses_a_row_without_a_label_instead_of_making_it_a_class(tmp
         data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows), encoding="utf-8")
     else:
         data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows), encoding="utf-8")
-    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
+    config = text_csv_config(tmp_path, data)
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
     line = 6 if suffix == "csv" else 5
     assert status == 1 and f"{data} line {line}: no label in 'label' ({shown}; 1 such rows)" in err
+    assert files_outside(tmp_path) == before
     assert "unlabelled_rows: skip" in err
     skipped = get_plugins().get("dataset", "text-csv").build(0, path=str(data), unlabelled_rows="skip")
     assert skipped.classes == ["neg", "pos"]
     assert len(skipped.train) + sum(len(split) for split in skipped.evaluation.values()) == len(rows) - 1
 
 
-def test_text_csv_refuses_a_list_as_a_label(tmp_path: Path, capsys):
+@pytest.mark.parametrize("line, message", [
+    ({"text": "two labels at once", "label": ["pos", "neg"]}, "line 3: 'label' is a list"),
+    ({"text": {"title": "a review in parts"}, "label": "pos"}, "line 3: 'text' is a dict"),
+    (["not", "an", "object"], "line 3 must be a JSON object"),
+    ("[" * 100_000, "line 3 nests JSON arrays or objects too deeply"),
+], ids=["label-list", "text-dict", "not-an-object", "nested-beyond-the-stack"])
+def test_text_csv_refuses_a_jsonl_line_of_the_wrong_shape(tmp_path: Path, capsys, line, message: str):
     pytest.importorskip("tokenizers")
     pytest.importorskip("transmodal_text")
-    rows: list[tuple[str, object]] = list(review_rows())
-    rows[2] = ("two labels at once", ["pos", "neg"])
+    lines = [json.dumps({"text": t, "label": label}) for t, label in review_rows()]
+    lines[2] = line if isinstance(line, str) else json.dumps(line)
     data = tmp_path / "reviews.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows), encoding="utf-8")
-    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
-    assert status == 1 and f"{data} line 3: 'label' is a list" in err
+    data.write_text("".join(text + "\n" for text in lines), encoding="utf-8")
+    config = text_csv_config(tmp_path, data)
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
+    assert status == 1 and f"{data} {message}" in err
+    assert files_outside(tmp_path) == before
+
+
+def test_text_csv_labels_that_differ_only_in_spaces_are_one_class(tmp_path: Path):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transmodal_text")
+    from transmodal.plugins import get_plugins
+
+    data = tmp_path / "reviews.csv"  # "text, label" rows, as typed with a space after each comma
+    data.write_text("text,label\n" + "".join(f"{t}, {label}\n" for t, label in review_rows()), encoding="utf-8")
+    assert get_plugins().get("dataset", "text-csv").build(0, path=str(data)).classes == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("value", ["vision", "transmodal-vision", "Transmodal_Vision"])
+def test_a_plugin_disabled_by_its_short_name_is_reported_as_installed_but_disabled(tmp_path: Path, capsys,
+                                                                                    monkeypatch, value: str):
+    pytest.importorskip("transmodal_vision")
+    monkeypatch.setenv("TRANSMODAL_DISABLE_PLUGINS", value)
+    raw = tiny_experiment_dict(tmp_path)
+    raw["model"]["encoders"]["image"] = {"name": "resnet18"}
+    config = write_config(tmp_path, raw=raw)
+    before = files_outside(tmp_path)
+    for command in (["config", "validate", str(config)], ["train", str(config), "--quiet"]):
+        status, err = run_cli(capsys, *command)
+        assert status == 2 and "Unknown encoder 'resnet18'" in err
+        assert "transmodal-vision, which is installed but disabled by TRANSMODAL_DISABLE_PLUGINS" in err
+        assert "pip install" not in err
+    assert files_outside(tmp_path) == before and not list((tmp_path / "runs").glob("*"))  # no run directory
+
+
+def test_a_plugin_switch_that_matches_nothing_is_named(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("transmodal_vision")
+    monkeypatch.setenv("TRANSMODAL_DISABLE_PLUGINS", "visoin")
+    status, err = run_cli(capsys, "config", "validate", str(write_config(tmp_path)))
+    assert status == 0  # nothing was disabled, so the config stays valid; the typo is named
+    assert "TRANSMODAL_DISABLE_PLUGINS: 'visoin' matches no installed plugin" in err and "did you mean vision?" in err
 
 
 def test_a_cifar_archive_placed_by_hand_with_the_wrong_checksum_is_not_extracted(tmp_path: Path, capsys):
