@@ -227,7 +227,8 @@ def test_an_explicit_run_name_that_exists_is_refused(tmp_path: Path, capsys):
     ("name=../escaped", "name", "single folder name"),
     ("name=a\0b", "name", "NUL"),
     ("output.name=" + "x" * 256, "output.name", "longer than the 255 bytes"),
-], ids=["dot-dot", "absolute", "experiment-name", "nul", "too-long"])
+    ("output.dir={tmp_path}/a\0b", "output.dir", "NUL"),
+], ids=["dot-dot", "absolute", "experiment-name", "nul", "too-long", "nul-in-output-dir"])
 def test_a_run_name_that_would_leave_output_dir_is_refused(tmp_path: Path, capsys, override: str, field: str,
                                                            reason: str):
     config = write_config(tmp_path, override.format(tmp_path=tmp_path))  # every escape would land in tmp_path
@@ -307,6 +308,40 @@ def test_an_output_dir_that_cannot_hold_runs_is_refused_before_training(tmp_path
     status, err = run_cli(capsys, "train", str(config), "--quiet")
     assert status == 2 and f"output.dir {output}" in err
     assert ("Permission denied" if where == "read-only" else "is not a folder") in err
+    assert files_outside(tmp_path) == before
+
+
+def test_resume_never_trains_a_run_again_over_its_results_when_last_pt_is_gone(stopped_run: Path, tmp_path: Path,
+                                                                               capsys):
+    metrics = stopped_run / "metrics.jsonl"
+    record = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps(record) + "\n" + json.dumps({**record, "epoch": 2}) + "\n")  # a finished run
+    (stopped_run / "checkpoints" / "last.pt").unlink()  # deleted by hand to save space
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and "last.pt is missing, though" in err and "records 2 epochs" in err and "put it back" in err
+    assert files_outside(tmp_path) == before  # best.pt and both metrics lines are kept
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run_dir: (run_dir / "config.yaml").write_text(""), "config.yaml is empty"),
+    (lambda run_dir: (shutil.rmtree(run_dir / "checkpoints"), (run_dir / "checkpoints").write_text("x")),
+     "checkpoints is not a folder"),
+], ids=["empty-config", "checkpoints-a-file"])
+def test_resume_refuses_a_run_directory_missing_its_parts(stopped_run: Path, tmp_path: Path, capsys, damage,
+                                                          message: str):
+    damage(stopped_run)  # an empty config.yaml would otherwise read as the default experiment
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and f"{stopped_run}/{message}" in err
+    assert files_outside(tmp_path) == before
+
+
+def test_resume_of_a_file_says_it_is_not_a_run_directory(tmp_path: Path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run\n")
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(tmp_path / "notes.txt"), "--quiet")
+    assert status == 2 and f"{tmp_path / 'notes.txt'} is not a run directory (it is a file, not a folder)" in err
     assert files_outside(tmp_path) == before
 
 
