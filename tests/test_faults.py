@@ -259,11 +259,15 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_again(tmp
     monkeypatch.setattr("transmodal.Trainer.train_step", original_step)
     run_dir = tmp_path / "runs" / "early"
     saved_config = (run_dir / "config.yaml").read_text()
+    (tmp_path / "notes.txt").write_text("a file beside the run that nothing may touch\n")
+    tokenizer = run_dir / "tokenizers" / "text.json"
+    tokenizer.unlink()
+    tokenizer.symlink_to(tmp_path / "notes.txt")  # planted: rewriting the tokenizer must not write through it
     before = files_outside(tmp_path, run_dir)
     status, err = run_cli(capsys, "train", "--resume", str(run_dir), "--quiet")
     assert status == 0 and "stopped before its first checkpoint" in err and "from the beginning" in err
     assert epochs_logged(run_dir) == [1] and (run_dir / "checkpoints" / "last.pt").is_file()
-    assert (run_dir / "config.yaml").read_text() == saved_config
+    assert (run_dir / "config.yaml").read_text() == saved_config and not tokenizer.is_symlink()
     assert files_outside(tmp_path, run_dir) == before
 
 

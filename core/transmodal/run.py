@@ -77,7 +77,7 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
         tokenizer_dir = run_dir / "tokenizers"
         for modality, tokenizer in assembled.data.tokenizers.items():
             tokenizer_dir.mkdir(exist_ok=True)
-            (tokenizer_dir / f"{modality}.json").write_text(tokenizer.state())
+            write_text_atomic(tokenizer_dir / f"{modality}.json", tokenizer.state())
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
     return _fit(trainer, run_dir), run_dir
