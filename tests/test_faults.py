@@ -71,8 +71,9 @@ def epochs_logged(run_dir: Path) -> list[int]:
 # -- run state ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad_line", [b"{not json", b"\xff\xfe\x00binary\x9c", b'{"step": 8, "train": {}}'],
-                         ids=["garbage", "binary", "no-epoch"])
+@pytest.mark.parametrize("bad_line", [b"{not json", b"\xff\xfe\x00binary\x9c", b'{"step": 8, "train": {}}',
+                                      b'{"epoch": "1"}', b"[" * 100_000], ids=[
+    "garbage", "binary", "no-epoch", "epoch-not-a-number", "nested-beyond-the-stack"])
 def test_resume_sets_a_damaged_metrics_line_aside(stopped_run: Path, tmp_path: Path, capsys, bad_line: bytes):
     metrics = stopped_run / "metrics.jsonl"
     good = metrics.read_bytes()
@@ -86,6 +87,40 @@ def test_resume_sets_a_damaged_metrics_line_aside(stopped_run: Path, tmp_path: P
     assert files_outside(tmp_path, stopped_run) == before
 
 
+def test_an_empty_metrics_log_resumes(stopped_run: Path, capsys):
+    (stopped_run / "metrics.jsonl").write_bytes(b"")
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 0 and err == "" and epochs_logged(stopped_run) == [2]
+
+
+@pytest.mark.parametrize("plant", ["link-outside", "folder"])
+def test_resume_never_sets_damaged_lines_aside_through_a_link_or_into_a_folder(stopped_run: Path, tmp_path: Path,
+                                                                                capsys, plant: str):
+    aside = stopped_run / "metrics.jsonl.damaged"
+    if plant == "folder":
+        aside.mkdir()
+    else:
+        aside.symlink_to(tmp_path / "notes.txt")  # a planted link: appending would write beside the run
+    metrics = stopped_run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + b"{not json\n")
+    damaged_log = metrics.read_bytes()
+    before = files_outside(tmp_path, stopped_run)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and f"cannot set damaged lines aside in {aside}" in err
+    assert ("it is a symbolic link" if plant == "link-outside" else "Is a directory") in err
+    assert metrics.read_bytes() == damaged_log and files_outside(tmp_path, stopped_run) == before
+
+
+def test_a_metrics_log_that_cannot_be_read_is_named(stopped_run: Path, tmp_path: Path, capsys):
+    metrics = stopped_run / "metrics.jsonl"
+    metrics.unlink()
+    metrics.mkdir()
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and f"cannot read {metrics}: Is a directory" in err
+    assert files_outside(tmp_path) == before
+
+
 def _weights_over_last(run_dir: Path) -> None:
     shutil.copy(run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt")
 
@@ -97,6 +132,13 @@ def _edit_last(edit):
     return apply
 
 
+def _truncate_last(fraction: float):
+    def apply(run_dir: Path) -> None:  # a copy or a write that stopped part-way
+        path = run_dir / "checkpoints" / "last.pt"
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * fraction)])
+    return apply
+
+
 @pytest.mark.parametrize("damage, message", [
     (_weights_over_last, "holds weights only (a copy of best.pt?)"),
     (_edit_last(lambda state: {}), "it lacks 'epoch', 'model'"),
@@ -105,13 +147,21 @@ def _edit_last(edit):
      "its 'text' tokenizer cannot be restored (JSONDecodeError"),
     (_edit_last(lambda state: {**state, "rng": {"torch": [1, 2, 3]}}), "'rng.torch' should be a uint8 tensor"),
     (_edit_last(lambda state: {**state, "format": 99}), "format 99, from a newer transmodal"),
-], ids=["best-over-last", "empty-dict", "list", "tokenizer-not-json", "rng-wrong-type", "newer-format"])
+    (_edit_last(lambda state: {**state, "epoch": -3}), "'epoch' should be 0 or more, found -3"),
+    (_edit_last(lambda state: {**state, "model": {name: torch.zeros(1) for name in state["model"]}}),
+     "checkpoint does not fit this model: Error(s) in loading state_dict"),
+    (_truncate_last(0.5), "it is truncated or damaged"),
+    (_truncate_last(0), "it is empty (0 bytes)"),
+    (lambda run_dir: (run_dir / "checkpoints" / "last.pt").write_bytes(b"hello world, not a checkpoint"),
+     "it is damaged or not a checkpoint"),
+], ids=["best-over-last", "empty-dict", "list", "tokenizer-not-json", "rng-wrong-type", "newer-format",
+        "negative-epoch", "wrong-shapes", "truncated", "empty-file", "other-bytes"])
 def test_resume_names_what_is_wrong_with_a_checkpoint_and_which_file(stopped_run: Path, tmp_path: Path, capsys,
                                                                       damage, message: str):
     damage(stopped_run)
     before = files_outside(tmp_path)
     status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
-    assert status == 1
+    assert status == 1 and len(err.strip().splitlines()) == 1
     assert str(stopped_run / "checkpoints" / "last.pt") in err and message in err
     assert files_outside(tmp_path) == before  # the run directory too: nothing was trained or rewritten
 
@@ -177,7 +227,8 @@ def test_an_explicit_run_name_that_exists_is_refused(tmp_path: Path, capsys):
     ("name=../escaped", "name", "single folder name"),
     ("name=a\0b", "name", "NUL"),
     ("output.name=" + "x" * 256, "output.name", "longer than the 255 bytes"),
-], ids=["dot-dot", "absolute", "experiment-name", "nul", "too-long"])
+    ("output.dir={tmp_path}/a\0b", "output.dir", "NUL"),
+], ids=["dot-dot", "absolute", "experiment-name", "nul", "too-long", "nul-in-output-dir"])
 def test_a_run_name_that_would_leave_output_dir_is_refused(tmp_path: Path, capsys, override: str, field: str,
                                                            reason: str):
     config = write_config(tmp_path, override.format(tmp_path=tmp_path))  # every escape would land in tmp_path
@@ -208,11 +259,15 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_again(tmp
     monkeypatch.setattr("transmodal.Trainer.train_step", original_step)
     run_dir = tmp_path / "runs" / "early"
     saved_config = (run_dir / "config.yaml").read_text()
+    (tmp_path / "notes.txt").write_text("a file beside the run that nothing may touch\n")
+    tokenizer = run_dir / "tokenizers" / "text.json"
+    tokenizer.unlink()
+    tokenizer.symlink_to(tmp_path / "notes.txt")  # planted: rewriting the tokenizer must not write through it
     before = files_outside(tmp_path, run_dir)
     status, err = run_cli(capsys, "train", "--resume", str(run_dir), "--quiet")
     assert status == 0 and "stopped before its first checkpoint" in err and "from the beginning" in err
     assert epochs_logged(run_dir) == [1] and (run_dir / "checkpoints" / "last.pt").is_file()
-    assert (run_dir / "config.yaml").read_text() == saved_config
+    assert (run_dir / "config.yaml").read_text() == saved_config and not tokenizer.is_symlink()
     assert files_outside(tmp_path, run_dir) == before
 
 
@@ -260,6 +315,40 @@ def test_an_output_dir_that_cannot_hold_runs_is_refused_before_training(tmp_path
     assert files_outside(tmp_path) == before
 
 
+def test_resume_never_trains_a_run_again_over_its_results_when_last_pt_is_gone(stopped_run: Path, tmp_path: Path,
+                                                                               capsys):
+    metrics = stopped_run / "metrics.jsonl"
+    record = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps(record) + "\n" + json.dumps({**record, "epoch": 2}) + "\n")  # a finished run
+    (stopped_run / "checkpoints" / "last.pt").unlink()  # deleted by hand to save space
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and "last.pt is missing, though" in err and "records 2 epochs" in err and "put it back" in err
+    assert files_outside(tmp_path) == before  # best.pt and both metrics lines are kept
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run_dir: (run_dir / "config.yaml").write_text(""), "config.yaml is empty"),
+    (lambda run_dir: (shutil.rmtree(run_dir / "checkpoints"), (run_dir / "checkpoints").write_text("x")),
+     "checkpoints is not a folder"),
+], ids=["empty-config", "checkpoints-a-file"])
+def test_resume_refuses_a_run_directory_missing_its_parts(stopped_run: Path, tmp_path: Path, capsys, damage,
+                                                          message: str):
+    damage(stopped_run)  # an empty config.yaml would otherwise read as the default experiment
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and f"{stopped_run}/{message}" in err
+    assert files_outside(tmp_path) == before
+
+
+def test_resume_of_a_file_says_it_is_not_a_run_directory(tmp_path: Path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run\n")
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", "--resume", str(tmp_path / "notes.txt"), "--quiet")
+    assert status == 2 and f"{tmp_path / 'notes.txt'} is not a run directory (it is a file, not a folder)" in err
+    assert files_outside(tmp_path) == before
+
+
 def test_resume_removes_temporary_checkpoint_files_left_by_a_kill(stopped_run: Path, capsys):
     leftover = stopped_run / "checkpoints" / ".last.pt.k1ll3d.tmp"
     leftover.write_bytes(b"half a checkpoint")
@@ -298,18 +387,32 @@ def test_text_csv_in_another_encoding_names_the_line_and_the_encoding_option(tmp
         text = "".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n" for t, label in rows)
     data = tmp_path / f"reviews.{suffix}"
     data.write_bytes(text.encode("latin-1"))
-    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
+    config = text_csv_config(tmp_path, data)
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
     assert status == 1
     line = 3 if suffix == "csv" else 2
     assert f"{data} line {line} is not utf-8 text" in err and "set data.dataset.encoding" in err
     assert not any((tmp_path / "runs").iterdir())  # the run directory of the failed start is gone
+    assert files_outside(tmp_path) == before
     status, _ = run_cli(capsys, "train", str(text_csv_config(tmp_path, data, encoding="latin-1")), "--quiet")
+    assert status == 0
+
+
+def test_text_csv_in_utf16_suggests_utf16(tmp_path: Path, capsys):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transmodal_text")
+    data = tmp_path / "reviews.csv"  # what a spreadsheet's "Unicode text" export writes: UTF-16 with a BOM
+    data.write_bytes(("text,label\n" + "".join(f"{t},{label}\n" for t, label in review_rows())).encode("utf-16"))
+    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
+    assert status == 1 and f"{data} line 1 is not utf-8 text" in err and "e.g. utf-16" in err
+    status, _ = run_cli(capsys, "train", str(text_csv_config(tmp_path, data, encoding="utf-16")), "--quiet")
     assert status == 0
 
 
 @pytest.mark.parametrize("suffix, cell, shown", [
     ("csv", "NaN", "'NaN'"), ("csv", "nan", "'nan'"), ("csv", "", "''"),
-    ("jsonl", None, "None"), ("jsonl", float("nan"), "nan"),
+    ("csv", "   ", "'   '"), ("jsonl", None, "None"), ("jsonl", float("nan"), "nan"),
 ])
 def test_text_csv_refuses_a_row_without_a_label_instead_of_making_it_a_class(tmp_path: Path, capsys, suffix: str,
                                                                               cell, shown: str):
@@ -324,24 +427,71 @@ def test_text_csv_refuses_a_row_without_a_label_instead_of_making_it_a_class(tmp
         data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows), encoding="utf-8")
     else:
         data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows), encoding="utf-8")
-    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
+    config = text_csv_config(tmp_path, data)
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
     line = 6 if suffix == "csv" else 5
     assert status == 1 and f"{data} line {line}: no label in 'label' ({shown}; 1 such rows)" in err
+    assert files_outside(tmp_path) == before
     assert "unlabelled_rows: skip" in err
     skipped = get_plugins().get("dataset", "text-csv").build(0, path=str(data), unlabelled_rows="skip")
     assert skipped.classes == ["neg", "pos"]
     assert len(skipped.train) + sum(len(split) for split in skipped.evaluation.values()) == len(rows) - 1
 
 
-def test_text_csv_refuses_a_list_as_a_label(tmp_path: Path, capsys):
+@pytest.mark.parametrize("line, message", [
+    ({"text": "two labels at once", "label": ["pos", "neg"]}, "line 3: 'label' is a list"),
+    ({"text": {"title": "a review in parts"}, "label": "pos"}, "line 3: 'text' is a dict"),
+    (["not", "an", "object"], "line 3 must be a JSON object"),
+    ("[" * 100_000, "line 3 nests JSON arrays or objects too deeply"),
+], ids=["label-list", "text-dict", "not-an-object", "nested-beyond-the-stack"])
+def test_text_csv_refuses_a_jsonl_line_of_the_wrong_shape(tmp_path: Path, capsys, line, message: str):
     pytest.importorskip("tokenizers")
     pytest.importorskip("transmodal_text")
-    rows: list[tuple[str, object]] = list(review_rows())
-    rows[2] = ("two labels at once", ["pos", "neg"])
+    lines = [json.dumps({"text": t, "label": label}) for t, label in review_rows()]
+    lines[2] = line if isinstance(line, str) else json.dumps(line)
     data = tmp_path / "reviews.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows), encoding="utf-8")
-    status, err = run_cli(capsys, "train", str(text_csv_config(tmp_path, data)), "--quiet")
-    assert status == 1 and f"{data} line 3: 'label' is a list" in err
+    data.write_text("".join(text + "\n" for text in lines), encoding="utf-8")
+    config = text_csv_config(tmp_path, data)
+    before = files_outside(tmp_path)
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
+    assert status == 1 and f"{data} {message}" in err
+    assert files_outside(tmp_path) == before
+
+
+def test_text_csv_labels_that_differ_only_in_spaces_are_one_class(tmp_path: Path):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transmodal_text")
+    from transmodal.plugins import get_plugins
+
+    data = tmp_path / "reviews.csv"  # "text, label" rows, as typed with a space after each comma
+    data.write_text("text,label\n" + "".join(f"{t}, {label}\n" for t, label in review_rows()), encoding="utf-8")
+    assert get_plugins().get("dataset", "text-csv").build(0, path=str(data)).classes == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("value", ["vision", "transmodal-vision", "Transmodal_Vision"])
+def test_a_plugin_disabled_by_its_short_name_is_reported_as_installed_but_disabled(tmp_path: Path, capsys,
+                                                                                    monkeypatch, value: str):
+    pytest.importorskip("transmodal_vision")
+    monkeypatch.setenv("TRANSMODAL_DISABLE_PLUGINS", value)
+    raw = tiny_experiment_dict(tmp_path)
+    raw["model"]["encoders"]["image"] = {"name": "resnet18"}
+    config = write_config(tmp_path, raw=raw)
+    before = files_outside(tmp_path)
+    for command in (["config", "validate", str(config)], ["train", str(config), "--quiet"]):
+        status, err = run_cli(capsys, *command)
+        assert status == 2 and "Unknown encoder 'resnet18'" in err
+        assert "transmodal-vision, which is installed but disabled by TRANSMODAL_DISABLE_PLUGINS" in err
+        assert "pip install" not in err
+    assert files_outside(tmp_path) == before and not list((tmp_path / "runs").glob("*"))  # no run directory
+
+
+def test_a_plugin_switch_that_matches_nothing_is_named(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("transmodal_vision")
+    monkeypatch.setenv("TRANSMODAL_DISABLE_PLUGINS", "visoin")
+    status, err = run_cli(capsys, "config", "validate", str(write_config(tmp_path)))
+    assert status == 0  # nothing was disabled, so the config stays valid; the typo is named
+    assert "TRANSMODAL_DISABLE_PLUGINS: 'visoin' matches no installed plugin" in err and "did you mean vision?" in err
 
 
 def test_a_cifar_archive_placed_by_hand_with_the_wrong_checksum_is_not_extracted(tmp_path: Path, capsys):

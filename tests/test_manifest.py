@@ -135,6 +135,15 @@ def test_jsonl_manifest_with_absolute_paths_and_missing_keys(tmp_path):
     assert bundle.train.data[presence_key("title")].tolist() == [True, True, False, True, True, True]
 
 
+def test_a_list_as_a_label_is_refused_rather_than_made_a_class(tmp_path):
+    rows = _rows(tmp_path, 6)
+    rows[1]["label"] = ["red", "green"]  # two labels at once
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=r"m\.jsonl line 2: label column 'label' holds a list"):
+        build(path, val_fraction=0.0)
+
+
 def test_on_missing_files(tmp_path):
     rows = _rows(tmp_path, 9)
     (tmp_path / "images" / "4.png").unlink()

@@ -31,6 +31,7 @@ TRAINING_FIELDS: dict[str, type] = {
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 _WRITER_FAILURE = ("inline_container", "PytorchStreamWriter")  # torch's RuntimeError when a write fails
+_READER_FAILURE = ("PytorchStreamReader",)  # ... and when a file is not a whole checkpoint archive
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -70,9 +71,18 @@ def _write_failure(path: Path, error: BaseException) -> CheckpointError:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """Whatever ``path`` holds, loaded without running code; a file that would run code is refused."""
     if not path.is_file():
-        raise CheckpointError(f"No checkpoint at {path}.")
+        raise CheckpointError(f"No checkpoint at {path}." if not path.exists() else f"{path} is not a file.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Cannot read checkpoint {path}: it is empty (0 bytes), the trace of an interrupted "
+                              f"copy or write.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except RuntimeError as error:
+        if any(marker in str(error) for marker in _READER_FAILURE):  # torch's advice in it is for its own users
+            raise CheckpointError(f"Cannot read checkpoint {path}: it is truncated or damaged (not a whole zip "
+                                  f"archive as torch.save writes)") from None
+        raise CheckpointError(f"Cannot read checkpoint {path}: it is damaged or not a checkpoint "
+                              f"(RuntimeError: {error})") from None
     except pickle.UnpicklingError as error:
         code = _UNSUPPORTED_GLOBAL.search(str(error))
         if code is not None:
@@ -81,8 +91,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Any
                 f"{code.group(1)}, which transmodal checkpoints never hold. Refused."
             ) from None
         raise CheckpointError(f"Cannot read checkpoint {path}: it is damaged or not a checkpoint.") from None
-    except Exception as error:
-        raise CheckpointError(f"Cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+    except Exception as error:  # what torch's fallback reader of old-style files raises on other bytes
+        raise CheckpointError(f"Cannot read checkpoint {path}: it is damaged or not a checkpoint "
+                              f"({type(error).__name__}: {error})") from None
 
 
 def read_checkpoint(path: Path, resumable: bool = False) -> dict[str, Any]:
@@ -108,9 +119,13 @@ def structure_problems(state: Any, resumable: bool) -> list[str]:
                 f"upgrade transmodal"]
     if resumable and not any(key in state for key in TRAINING_FIELDS) and not _field_problems(state, WEIGHTS_FIELDS):
         return ["it holds weights only (a copy of best.pt?), not the training state that --resume needs"]
-    problems = _field_problems(state, {**WEIGHTS_FIELDS, **(TRAINING_FIELDS if resumable else {})})
+    fields = {**WEIGHTS_FIELDS, **(TRAINING_FIELDS if resumable else {})}
+    problems = _field_problems(state, fields)
     if problems:
         return problems
+    # a negative count would make --resume train extra epochs and drop the run's metrics as "later" ones
+    problems += [f"'{key}' should be 0 or more, found {state[key]}" for key in ("epoch", "step")
+                 if key in fields and state[key] < 0]
     if not all(_is(key, str) and isinstance(value, torch.Tensor) for key, value in state["model"].items()):
         problems.append("'model' should map parameter names to tensors")
     if not all(_is(key, str) and _is(value, str) for key, value in state["tokenizers"].items()):

@@ -337,6 +337,8 @@ def _existing_run_dir(path: Path) -> Path:
     """``path`` if it is a run directory; a wrong path is the user's mistake (exit status 2), not a failure."""
     from transmodal.config import did_you_mean
 
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is not a run directory (it is a file, not a folder)")
     if not path.is_dir():
         raise ConfigError(f"No run directory {path}.{did_you_mean(path)}")
     if not (path / "config.yaml").is_file():

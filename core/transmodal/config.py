@@ -210,6 +210,13 @@ class OutputConfig(_Strict):
                     "epoch records go besides metrics.jsonl: jsonl (steps.jsonl), csv (steps.csv, metrics.csv), "
                     "tensorboard (tensorboard/, the tensorboard extra). [] for none.")
 
+    @field_validator("dir")
+    @classmethod
+    def _no_nul(cls, folder: Path) -> Path:  # no file system takes one; train would fail only when creating it
+        if "\0" in str(folder):
+            raise ValueError("must not contain a NUL character")
+        return folder
+
     @field_validator("loggers")
     @classmethod
     def _distinct_loggers(cls, loggers: list[str]) -> list[str]:
@@ -266,7 +273,7 @@ def did_you_mean(path: Path) -> str:
         siblings = [entry.name for entry in path.parent.iterdir()]
     except OSError:
         return ""
-    close = difflib.get_close_matches(path.name, siblings, n=1)
+    close = difflib.get_close_matches(path.name, [name for name in siblings if name != path.name], n=1)
     return f" Did you mean: {path.parent / close[0]}?" if close else ""
 
 

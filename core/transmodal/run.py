@@ -19,14 +19,15 @@ import torch
 import yaml
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
-from transmodal.config import MAX_SEED, Experiment, load_experiment, resolved_config
+from transmodal.config import MAX_SEED, Experiment, load_experiment, load_yaml, resolved_config
 from transmodal.distributed import World, lost_peer, process_group
 from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
 from transmodal.experiment import assemble
 from transmodal.loggers import check_loggers, trim_logs
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
-    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, remove_temporary_checkpoints, write_text_atomic,
+    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, read_metrics, remove_temporary_checkpoints,
+    write_text_atomic,
 )
 from transmodal.trained_model import model_info, write_model_info
 from transmodal.trainer import Metrics, Trainer, resolve_device
@@ -76,7 +77,7 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
         tokenizer_dir = run_dir / "tokenizers"
         for modality, tokenizer in assembled.data.tokenizers.items():
             tokenizer_dir.mkdir(exist_ok=True)
-            (tokenizer_dir / f"{modality}.json").write_text(tokenizer.state())
+            write_text_atomic(tokenizer_dir / f"{modality}.json", tokenizer.state())
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
     return _fit(trainer, run_dir), run_dir
@@ -115,9 +116,13 @@ def _fit(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
 
 
 def load_run_experiment(run_dir: Path) -> Experiment:
-    if not (run_dir / "config.yaml").is_file():
+    config = run_dir / "config.yaml"
+    if not config.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    return load_experiment(run_dir / "config.yaml")
+    if not load_yaml(config):  # an empty file would read as the default experiment: another run than this one
+        raise CheckpointError(f"{config} is empty; a run's config.yaml holds the experiment it trains, so this run "
+                              f"cannot be continued or evaluated without it")
+    return load_experiment(config)
 
 
 def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -> dict[str, Any]:
@@ -139,6 +144,7 @@ def _resume(run_dir: Path, experiment: Experiment, world: World, quiet: bool,
     if world.is_main:
         remove_temporary_checkpoints(run_dir)
     if not path.exists():
+        _check_never_checkpointed(run_dir, path)
         if world.is_main:
             _keep_metrics_until(run_dir, 0, path)
             trim_logs(run_dir, 0, 0)
@@ -168,6 +174,21 @@ def _resume(run_dir: Path, experiment: Experiment, world: World, quiet: bool,
                  f"{trainer.epoch + 1}/{epochs})" if trainer.position else f"after epoch {trainer.epoch}/{epochs}")
         print(f"resuming {run_dir} {where}", flush=True)
     return _fit(trainer, run_dir)
+
+
+def _check_never_checkpointed(run_dir: Path, path: Path) -> None:
+    """Refuse to start a run again from the beginning (overwriting its logs and best.pt) when its missing
+    ``last.pt`` must once have existed: the log records a second epoch, which is only trained after the first
+    epoch's ``last.pt`` was written and never removed."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise CheckpointError(f"{path.parent} is not a folder; move it aside, then resume again")
+    epochs = [record["epoch"] for record in read_metrics(run_dir)]
+    if epochs and max(epochs) > 1:
+        raise CheckpointError(
+            f"{path} is missing, though {run_dir / METRICS} records {max(epochs)} epochs: it was moved or deleted. "
+            f"Resuming would train the run again from the beginning over its results; put it back, or train a "
+            f"new run from {run_dir / 'config.yaml'} with another output.name"
+        )
 
 
 def _processes(count: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from transmodal.config import Experiment
-from transmodal.errors import RunDirectoryError
+from transmodal.errors import CheckpointError, RunDirectoryError
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -96,7 +96,7 @@ def keep_metrics_until(run_dir: Path, epochs_done: int) -> tuple[int, Path]:
         return 0, damaged_path
     kept: list[bytes] = []
     damaged: list[bytes] = []
-    for line in path.read_bytes().split(b"\n"):
+    for line in _read_log(path).split(b"\n"):
         if not line.strip():
             continue
         record = _record(line)
@@ -105,12 +105,31 @@ def keep_metrics_until(run_dir: Path, epochs_done: int) -> tuple[int, Path]:
         elif record["epoch"] <= epochs_done:
             kept.append(line)
     if damaged:
-        with damaged_path.open("ab") as file:
-            file.write(b"".join(line + b"\n" for line in damaged))
+        _append_in_place(damaged_path, b"".join(line + b"\n" for line in damaged))
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(b"".join(line + b"\n" for line in kept))
     os.replace(temporary, path)  # a kill while rewriting leaves the old log whole
     return len(damaged), damaged_path
+
+
+def _read_log(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror}; move it aside to resume without it") from None
+
+
+def _append_in_place(path: Path, data: bytes) -> None:
+    """Append to ``path``, never through a symbolic link: a link planted in a run directory must not make
+    transmodal write outside it."""
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as error:
+        why = "it is a symbolic link" if path.is_symlink() else error.strerror
+        raise CheckpointError(f"cannot set damaged lines aside in {path}: {why}; move it aside, then resume again") \
+            from None
+    with os.fdopen(handle, "ab") as file:
+        file.write(data)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -127,7 +146,7 @@ def _record(line: bytes) -> dict[str, Any] | None:
     """One epoch's record, or None for a line that is not one."""
     try:
         record = json.loads(line.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, and nesting deeper than Python's stack
         return None
     epoch = record.get("epoch") if isinstance(record, dict) else None
     return record if isinstance(epoch, int) and not isinstance(epoch, bool) else None

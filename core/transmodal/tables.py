@@ -55,6 +55,9 @@ def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str =
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{what}: {path} line {number} is not valid JSON: {error.msg}") from None
+            except RecursionError:
+                raise DataError(f"{what}: {path} line {number} nests JSON arrays or objects too deeply to read; "
+                                f"a row is one flat object") from None
             if not isinstance(row, dict):
                 raise DataError(f"{what}: {path} line {number} must be a JSON object")
             rows.append({**row, LINE: number})
@@ -84,9 +87,11 @@ def _decode(path: Path, encoding: str, what: str) -> str:
         return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
+        # a UTF-16 byte-order mark (what Excel's "Unicode text" writes) names the encoding to set
+        hint = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "latin-1 or cp1252"
         raise DataError(
             f"{what}: {path} line {line} is not {encoding} text (byte {data[error.start]:#04x} at offset "
-            f"{error.start}); set data.dataset.encoding to the file's encoding, e.g. latin-1 or cp1252"
+            f"{error.start}); set data.dataset.encoding to the file's encoding, e.g. {hint}"
         ) from None
 
 

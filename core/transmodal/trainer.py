@@ -774,7 +774,14 @@ def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> No
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint does not fit this model: {error}") from None
+        raise CheckpointError(f"checkpoint does not fit this model: {_one_line(str(error))}") from None
+
+
+def _one_line(report: str, shown: int = 3) -> str:
+    """torch's multi-line state-dict report (a header, then a line per mismatch) as one line with the first few."""
+    header, *lines = [line.strip().rstrip(".") for line in report.splitlines() if line.strip()]
+    more = f"; and {len(lines) - shown} more" if len(lines) > shown else ""
+    return " ".join([header, "; ".join(lines[:shown])]).strip() + more
 
 
 def _first_samples(batches: Iterable[Batch], samples: int | None) -> Iterator[Batch]:

@@ -60,7 +60,7 @@ class MappedRows(ABC):
             raise DataError(f"{what}: {source} holds no rows")
         self._check_columns()
         self.domains = self._domains()
-        self.labels = [None if is_missing(row[params.label]) else str(row[params.label]).strip() for row in self.rows]
+        self.labels = [self._label(index, row[params.label]) for index, row in enumerate(self.rows)]
         self.classes = self._classes(classes)
         self.keep = torch.ones(len(self.rows), dtype=torch.bool)  # False: rows skipped for a missing image
         self.modalities = {name: self._modality(name, spec) for name, spec in params.modalities.items()}
@@ -72,6 +72,13 @@ class MappedRows(ABC):
     @abstractmethod
     def images(self, name: str, column: str) -> Modality:
         """The image modality ``name`` from the cells of ``column``; may clear ``self.keep`` for skipped rows."""
+
+    def _label(self, index: int, cell: Any) -> str | None:
+        """The row's label; None when it has none. A list or an object is never turned into a class name."""
+        if isinstance(cell, list | dict):
+            raise DataError(f"{self.where(index)}: label column '{self.params.label}' holds a "
+                            f"{type(cell).__name__}; a label is one string or number")
+        return None if is_missing(cell) else str(cell).strip()
 
     def _check_columns(self) -> None:
         available = columns_of(self.rows)

@@ -118,6 +118,9 @@ def _column(row: dict[str, Any], column: str, path: Path, available: list[str], 
     if column not in row:
         raise DataError(f"text-csv: {path} has no column '{column}'; its columns are {available}")
     value = row[column]
+    if isinstance(value, list | dict):
+        raise DataError(f"text-csv: {path} line {row['__line__']}: '{column}' is a {type(value).__name__} "
+                        f"({json.dumps(value)[:60]}); it should be a string")
     if value is None or (required and str(value).strip() == ""):
         if not required:
             return ""
@@ -135,7 +138,7 @@ def _label(row: dict[str, Any], column: str, path: Path, available: list[str]) -
                         f"({json.dumps(value)[:60]}); a label is one string or number")
     if is_missing(value):  # never a class of its own
         return None
-    return str(value)
+    return str(value).strip()  # "pos" and " pos" (after a comma and a space) are one class, as in manifest
 
 
 class _Table:
