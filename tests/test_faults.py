@@ -173,6 +173,16 @@ def test_evaluate_refuses_a_best_checkpoint_of_the_wrong_structure(stopped_run: 
     assert f"{stopped_run / 'checkpoints' / 'best.pt'} is not a transmodal checkpoint: it lacks 'model'" in err
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_files_written_whole_then_renamed_get_the_usual_permissions(stopped_run_template: Path):
+    """Checkpoints and config.yaml are written to a temporary file first: they must not stay private to their
+    owner as such files are made, or colleagues sharing a machine could not read a run."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.yaml", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (stopped_run_template / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_a_checkpoint_without_a_format_version_still_resumes(stopped_run: Path, capsys):
     _edit_last(lambda state: {k: v for k, v in state.items() if k != "format"})(stopped_run)
     status, _ = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")

@@ -9,7 +9,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from transmodal.errors import CheckpointError
+from transmodal.run_dir import temporary_beside
 
 # Version of the layout below; written into every checkpoint. Checkpoints from before the field read as version 1.
 CHECKPOINT_FORMAT = 1
@@ -38,7 +38,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file beside ``path``, flush it to disk, then rename: a crash never leaves a
     half-written checkpoint under the real name, and a failed write (a full disk) leaves the previous one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = temporary_beside(path)
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(state, file)

@@ -23,9 +23,20 @@ DAMAGED_SUFFIX = ".damaged"
 _MAX_CLASHES = 1000  # generated names tried per second before giving up
 
 
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """An open, new file in ``path``'s folder, to be renamed to ``path`` once whole, with the permissions a plain
+    ``open`` would give it (``mkstemp`` makes it readable by its owner alone)."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if hasattr(os, "fchmod"):  # POSIX; on Windows, mkstemp's file is no more private than any other
+        umask = os.umask(0)  # read by setting it: there is no other way
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)
+    return handle, temporary
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write beside ``path`` and rename: a reader (or a crash) never sees half a file under the real name."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = temporary_beside(path)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
