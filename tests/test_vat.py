@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transmodal.builtin.adaptation.smoothness import VAT, _divergence
+from transmodal.builtin.adaptation.smoothness import VAT, _divergence, perturbable_modules
 from transmodal.data import ModalitySpec, joint_batch
 from transmodal.domain_norm import batchnorm_layers
 from transmodal.encoder import ImageInput
@@ -109,17 +109,18 @@ def test_the_loss_trains_the_model_toward_smoothness():
     assert all(p.grad is not None for p in model.encoders["image"].parameters())
 
 
-def test_vat_needs_an_image_input(tiny):
+def test_vat_needs_an_image_or_word_embeddings(tiny):
     plugins = get_plugins()
     spec = ModalitySpec("x", "vector", shape=(5,))
     encoder = plugins.get("encoder", "mlp").build(spec, hidden=[6])
     fusion = plugins.get("fusion", "concat").build({"x": encoder.out_dim}, hidden=4)
     model = TransmodalModel({}, {"x": encoder}, fusion, plugins.get("head", "linear").build(4, 2), 2)
-    with pytest.raises(ConfigError, match="vat perturbs image inputs"):
+    with pytest.raises(ConfigError, match="vat perturbs images and word embeddings"):
         vat().check(model, [])
     with pytest.raises(Exception, match="both 0"):
         vat(source_weight=0.0, target_weight=0.0)
-    assemble(tiny("adaptation=[{name: vat}]"))  # image + caption: the image is perturbed, the caption is not
+    model = assemble(tiny("adaptation=[{name: vat}]")).model  # image + caption: both are perturbed
+    assert set(perturbable_modules(model)) == {"image", "text"}
 
 
 def test_the_perturbed_passes_leave_batchnorm_running_statistics_alone():
@@ -132,3 +133,26 @@ def test_the_perturbed_passes_leave_batchnorm_running_statistics_alone():
     strategy.loss_terms(step)
     assert all(torch.equal(buffer, after_clean_pass[name]) for name, buffer in model.named_buffers())
     assert all(layer.momentum == 0.1 for layer in batchnorm_layers(model))
+
+
+def test_word_embeddings_are_perturbed_for_text():
+    """Miyato et al. (2017): the perturbation of a text is one of its word embeddings, found the same way."""
+    torch.manual_seed(0)
+    plugins = get_plugins()
+    spec = ModalitySpec("text", "text", vocab_size=50)
+    encoder = plugins.get("encoder", "bow").build(spec, embedding_dim=8)
+    fusion = plugins.get("fusion", "concat").build({"text": encoder.out_dim}, hidden=6)
+    model = TransmodalModel({}, {"text": encoder}, fusion, plugins.get("head", "linear").build(6, 3), 3).train()
+    assert perturbable_modules(model) == {"text": encoder.embedding}
+    source = {"text": torch.randint(1, 50, (16, 7)), "label": torch.randint(0, 3, (16,))}
+    target = {"text": torch.randint(1, 50, (16, 5))}  # another length: the joint pass pads it
+
+    strategy = vat(radius=1e-4, target_weight=1.0)
+    strategy.setup(model, context())
+    terms = strategy.loss_terms(joint_step(model, source, target))
+    assert terms["source"].item() < 1e-6 and terms["target"].item() < 1e-6
+    strategy.on_step_end(1)
+
+    strong = vat(radius=5.0, target_weight=1.0)
+    strong.setup(model, context())
+    assert strong.loss_terms(joint_step(model, source, target))["target"].item() > 1e-4

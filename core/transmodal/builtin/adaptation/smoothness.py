@@ -28,6 +28,18 @@ def _divergence(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (reference * (log_reference - torch.log_softmax(logits.float(), dim=1))).sum(dim=1)
 
 
+def perturbable_modules(model: TransmodalModel) -> dict[str, nn.Module]:
+    """Per modality, the module whose output VAT perturbs: an image modality's input module; a text modality's
+    first embedding layer. Other modalities are left as they are."""
+    modules: dict[str, nn.Module] = dict(model.inputs.items())
+    for modality, encoder in model.encoders.items():
+        if modality not in modules:
+            embedding = next((m for m in encoder.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))), None)
+            if embedding is not None:
+                modules[modality] = embedding
+    return modules
+
+
 class VAT(Strategy):
     """Virtual adversarial training (Miyato et al., 2018, "Virtual Adversarial Training: A Regularization Method
     for Supervised and Semi-Supervised Learning"): for each input x, the perturbation r of L2 norm ``radius`` that
@@ -42,10 +54,13 @@ class VAT(Strategy):
     lets entropy minimisation work on a hard shift. The defaults are theirs: radius 3.5, xi 1e-6, source weight 1,
     target weight 0.01 (their MNIST -> SVHN setting, images in [-1, 1]).
 
-    The perturbation applies to what each image modality's encoder receives: the batch after augmentation and
+    What is perturbed: for an image modality, what its encoder receives, the batch after augmentation and
     normalisation (and after per-image standardisation with ``data.image_normalization: per-image``; Shu et al.
-    standardise inside the network, after the perturbation). The strategy records that tensor during the
-    trainer's forward pass, so the clean prediction and its perturbed counterparts see the same augmented image.
+    standardise inside the network, after the perturbation); for a text modality, its word embeddings, as Miyato
+    et al. (2017, "Adversarial Training Methods for Semi-Supervised Text Classification") do (the output of the
+    encoder's first embedding layer: for a bag of words, the mean embedding). The strategy records that tensor
+    during the trainer's forward pass, so the clean prediction and its perturbed counterparts see the same
+    augmented image.
     """
 
     name = "vat"
@@ -60,15 +75,15 @@ class VAT(Strategy):
         self.model: TransmodalModel | None = None
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
-        if not model.inputs:
+        if not perturbable_modules(model):
             raise ConfigError(
-                "vat perturbs image inputs, and this model has no image modality; remove vat from adaptation "
-                "or add an image encoder"
+                "vat perturbs images and word embeddings, and this model has neither (no image modality, no text "
+                "encoder with an embedding layer); remove vat from adaptation"
             )
 
     def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
         self.model = model
-        for modality, module in model.inputs.items():
+        for modality, module in perturbable_modules(model).items():
             self.recorded[modality] = []
             self.handles.append(module.register_forward_hook(self._hook(modality)))
 
@@ -76,7 +91,7 @@ class VAT(Strategy):
         def record_or_replace(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if self.replacement is not None:
                 return self.replacement[modality]
-            if module.training and torch.is_grad_enabled():
+            if self.model is not None and self.model.training and torch.is_grad_enabled():
                 self.recorded[modality].append(output.detach())
             return None
         return record_or_replace
