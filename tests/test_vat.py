@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transmodal.builtin.adaptation.smoothness import VAT, _divergence, perturbable_modules
+from transmodal.builtin.adaptation.smoothness import (
+    VAT,
+    _divergence,
+    perturbable_modules,
+)
 from transmodal.data import ModalitySpec, joint_batch
 from transmodal.domain_norm import batchnorm_layers
 from transmodal.encoder import ImageInput
