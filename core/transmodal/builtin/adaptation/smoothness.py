@@ -49,9 +49,9 @@ class VAT(Strategy):
 
     With conditional entropy minimisation on the target (``entropy-min`` with ``diversity: 0``) and a domain
     discriminator (``dann``) this is VADA (Shu et al., 2018, "A DIRT-T Approach to Unsupervised Domain
-    Adaptation"): entropy minimisation pushes the decision boundary out of dense target regions, and the
-    smoothness term keeps the classifier from placing it through them anyway (locally-Lipschitz), which is what
-    lets entropy minimisation work on a hard shift. The defaults are theirs: radius 3.5, xi 1e-6, source weight 1,
+    Adaptation"): entropy minimisation pushes the decision boundary away from target samples, and the smoothness
+    term makes the classifier locally Lipschitz around them; without it, a classifier can be confident on every
+    target sample and still draw its boundary through a dense target region. The defaults are theirs: radius 3.5, xi 1e-6, source weight 1,
     target weight 0.01 (their MNIST -> SVHN setting, images in [-1, 1]).
 
     What is perturbed: for an image modality, what its encoder receives, the batch after augmentation and
@@ -71,7 +71,6 @@ class VAT(Strategy):
         self.needs_unlabelled_target = params.target_weight > 0
         self.recorded: dict[str, list[torch.Tensor]] = {}
         self.replacement: dict[str, torch.Tensor] | None = None
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.model: TransmodalModel | None = None
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
@@ -85,7 +84,7 @@ class VAT(Strategy):
         self.model = model
         for modality, module in perturbable_modules(model).items():
             self.recorded[modality] = []
-            self.handles.append(module.register_forward_hook(self._hook(modality)))
+            module.register_forward_hook(self._hook(modality))
 
     def _hook(self, modality: str):
         def record_or_replace(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
