@@ -327,8 +327,12 @@ def _disk_full(run_dir: Path, error: OSError) -> CheckpointError | None:
         return None
     where = error.filename or run_dir
     free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
-    go_on = (f"continue with: transmodal train --resume {run_dir}" if (run_dir / "checkpoints" / "last.pt").is_file()
-             else f"train again from the beginning with: transmodal train --resume {run_dir}")
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        go_on = f"continue with: transmodal train --resume {run_dir}"
+    elif run_dir.is_dir():
+        go_on = f"train again from the beginning with: transmodal train --resume {run_dir}"
+    else:  # nothing of the run was written, and its empty folder is gone
+        go_on = "run the same command again"
     return CheckpointError(f"cannot write {where}: the disk is full ({error.strerror}; {free / 2**20:.0f} MiB free "
                            f"there). Free some space, then {go_on}")
 
