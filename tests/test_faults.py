@@ -328,6 +328,17 @@ def test_a_full_disk_before_the_first_checkpoint_says_to_train_again(tmp_path: P
     assert err.strip().endswith(f"train again from the beginning with: transmodal train --resume {run_dir}")
 
 
+def test_a_full_disk_before_the_run_wrote_anything_says_to_run_it_again(tmp_path: Path, capsys,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    def train(experiment, quiet, run_dir):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(run_dir / "config.yaml"))
+
+    monkeypatch.setattr("transmodal.run.train", train)
+    status, err = run_cli(capsys, "train", str(write_config(tmp_path, "output.name=full")), "--quiet")
+    assert status == 1 and "the disk is full" in err and err.strip().endswith("run the same command again")
+    assert not (tmp_path / "runs" / "full").exists()
+
+
 @pytest.mark.parametrize("where", ["file", "dev-null", "read-only"])
 def test_an_output_dir_that_cannot_hold_runs_is_refused_before_training(tmp_path: Path, capsys, where: str,
                                                                         monkeypatch: pytest.MonkeyPatch):
