@@ -1,5 +1,6 @@
-"""CLI start-up: the median wall time of ``python -m transmodal --help``, ``components`` and ``config validate``,
-each as a ratio to ``python -c "import torch"`` measured side by side (the commands take turns in every round).
+"""CLI start-up: the median wall time of ``python -m transmodal --help``, ``components``, ``plugins`` and
+``config validate``, each as a ratio to ``python -c "import torch"`` measured side by side (the commands take turns
+in every round).
 
     python bench/startup.py [--repeats 7]
 """
@@ -19,6 +20,7 @@ COMMANDS: dict[str, list[str]] = {
     "import torch": ["-c", "import torch"],
     "--help": ["-m", "transmodal", "--help"],
     "components": ["-m", "transmodal", "components"],
+    "plugins": ["-m", "transmodal", "plugins"],
     "config validate": ["-m", "transmodal", "config", "validate", str(CONFIG)],
 }
 

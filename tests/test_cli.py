@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import transmodal
 from conftest import interrupt_training_at, tiny_experiment_dict
+from transmodal.checkpoint import read_checkpoint
 from transmodal.cli import main
 
 
@@ -67,6 +69,33 @@ def test_wrong_paths_exit_2_and_suggest_a_near_match(tmp_path: Path, capsys: pyt
     config.write_text("trainer:\n  epochs: 2\n   batch_size: 4\n")
     assert main(["config", "validate", str(config)]) == 2
     assert f'in "{config}", line 3' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("every, message, batch", [
+    # Step checkpoints every 2 of the 8 steps: the one due after a non-finite step is not written.
+    ("trainer.checkpoint_every=2", "the mean loss of epoch 2 (steps 9-12) is nan; the last good checkpoint is "
+                                   "{last} (epoch 2, step 2 of 8)", 2),
+    ("trainer.checkpoint_every=null", "the mean loss of epoch 2 (steps 9-16) is nan; the last good checkpoint is "
+                                      "{last} (end of epoch 1)", None),
+])
+def test_a_run_diverging_later_names_its_last_good_checkpoint_and_keeps_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, every: str, message: str,
+        batch: int | None):
+    original_step = transmodal.Trainer.train_step
+
+    def step_going_nan(self, source, target=None):
+        terms = original_step(self, source, target)
+        return {name: value * float("nan") for name, value in terms.items()} if self.step > 10 else terms
+
+    monkeypatch.setattr(transmodal.Trainer, "train_step", step_going_nan)
+    config = write_config(tmp_path, "output.name=diverged", "trainer.epochs=3", every)
+    assert main(["train", str(config), "--quiet"]) == 1
+    last = tmp_path / "runs" / "diverged" / "checkpoints" / "last.pt"
+    assert message.format(last=last) in capsys.readouterr().err
+    state = read_checkpoint(last, resumable=True)
+    position = state.get("position")
+    assert state["epoch"] == 1 and (position["batch"] if position else None) == batch
+    assert position is None or all(torch.isfinite(total) for total in position["totals"].values())
 
 
 @pytest.mark.parametrize("stop_at_step, message", [

@@ -7,14 +7,17 @@ import importlib
 import re
 import runpy
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from transmodal import errors
 from transmodal.plugins import HOOK_FOR_KIND, Plugins, reset_plugins
 
-GUIDE = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = (ROOT / "CONTRIBUTING.md").read_text()
 FILES = dict(re.findall(r"```\w+ file=(\S+)\n(.*?)```", GUIDE, flags=re.S))
 
 
@@ -58,3 +61,19 @@ def test_every_hook_and_error_class_is_documented():
         if isinstance(value, type) and issubclass(value, errors.TransmodalError) and value.__bases__ != (Exception,):
             assert f"`{name}`" in GUIDE, name
     assert "register(name, factory, params=NoParams, description=\"\")" in GUIDE
+
+
+@pytest.mark.parametrize("name, pyproject", [
+    ("the guide", FILES["pyproject.toml"]),
+    *[(path.parent.name, path.read_text()) for path in sorted(ROOT.glob("plugins/*/pyproject.toml"))],
+    ("the template", (ROOT / "examples" / "plugin_template" / "pyproject.toml").read_text()),
+])
+def test_a_plugin_depending_on_transmodal_is_satisfied_by_the_installed_core(name: str, pyproject: str):
+    """pip installs a plugin beside the core only if its requirement on the core names the core's distribution
+    and admits its version (a plugin installed as published ones would be, with its dependencies)."""
+    dependencies = re.search(r"^dependencies = \[(.*?)\]", pyproject, flags=re.S | re.M).group(1)
+    requirements = [Requirement(text) for text in re.findall(r'"([^"]+)"', dependencies)]
+    on_core = [r for r in requirements if r.name == "transmodal"]
+    assert len(on_core) == 1, f"{name} must declare a dependency on transmodal"
+    core = metadata.distribution(on_core[0].name)
+    assert core.metadata["Name"] == "transmodal" and on_core[0].specifier.contains(core.version), name

@@ -298,6 +298,47 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(stopped_ru
     assert files_outside(tmp_path, stopped_run) == before
 
 
+def full_disk_for_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up when an epoch's line is appended to metrics.jsonl (before its checkpoint is written)."""
+    def write_epoch(self, record, improved) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir / "metrics.jsonl"))
+
+    monkeypatch.setattr("transmodal.Trainer._write_epoch", write_epoch)
+
+
+def test_a_full_disk_while_resuming_says_how_to_continue(stopped_run: Path, tmp_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    full_disk_for_metrics(monkeypatch)
+    last = (stopped_run / "checkpoints" / "last.pt").read_bytes()
+    status, err = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 1 and f"cannot write {stopped_run / 'metrics.jsonl'}: the disk is full" in err
+    assert err.strip().endswith(f"Free some space, then continue with: transmodal train --resume {stopped_run}")
+    assert (stopped_run / "checkpoints" / "last.pt").read_bytes() == last
+    monkeypatch.undo()
+    assert run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")[0] == 0
+    assert epochs_logged(stopped_run) == [1, 2]
+
+
+def test_a_full_disk_before_the_first_checkpoint_says_to_train_again(tmp_path: Path, capsys,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    full_disk_for_metrics(monkeypatch)
+    status, err = run_cli(capsys, "train", str(write_config(tmp_path, "output.name=full")), "--quiet")
+    run_dir = tmp_path / "runs" / "full"
+    assert status == 1 and "the disk is full" in err
+    assert err.strip().endswith(f"train again from the beginning with: transmodal train --resume {run_dir}")
+
+
+def test_a_full_disk_before_the_run_wrote_anything_says_to_run_it_again(tmp_path: Path, capsys,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    def train(experiment, quiet, run_dir):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(run_dir / "config.yaml"))
+
+    monkeypatch.setattr("transmodal.run.train", train)
+    status, err = run_cli(capsys, "train", str(write_config(tmp_path, "output.name=full")), "--quiet")
+    assert status == 1 and "the disk is full" in err and err.strip().endswith("run the same command again")
+    assert not (tmp_path / "runs" / "full").exists()
+
+
 @pytest.mark.parametrize("where", ["file", "dev-null", "read-only"])
 def test_an_output_dir_that_cannot_hold_runs_is_refused_before_training(tmp_path: Path, capsys, where: str,
                                                                         monkeypatch: pytest.MonkeyPatch):

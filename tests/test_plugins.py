@@ -206,6 +206,20 @@ def test_a_rejected_component_costs_only_itself(params: Any, expected: str):
     assert "bad" not in plugins.registry("fusion") and "fine" in plugins.registry("fusion")
 
 
+def test_strict_mode_refuses_a_rejected_component_in_one_message(monkeypatch: pytest.MonkeyPatch):
+    class NotPydantic:
+        @transmodal.hookimpl
+        def register_heads(self, register: Any) -> None:
+            register("dict-params", "x:y", {"width": 1})
+
+    monkeypatch.setenv("TRANSMODAL_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError) as raised:
+        Plugins(entry_points=[entry_point("transmodal-dict", lambda: NotPydantic())])
+    message = str(raised.value)
+    assert message.startswith("head 'dict-params' of plugin transmodal-dict is not registered: params must be")
+    assert message.count("TRANSMODAL_STRICT_PLUGINS is set") == 1 and "still load" not in message
+
+
 def test_switches_accept_distribution_entry_point_and_short_names(monkeypatch: pytest.MonkeyPatch):
     point = SimpleNamespace(name="vision_ep", dist=SimpleNamespace(name="Transmodal_Vision", version="1"),
                             load=lambda: GoodPlugin())
@@ -224,7 +238,8 @@ def test_a_switch_value_that_matches_nothing_is_named(monkeypatch: pytest.Monkey
     with pytest.warns(PluginWarning) as caught:
         Plugins(entry_points=[entry_point("transmodal-good", lambda: GoodPlugin())])
     message = str(caught[0].message)
-    assert f"{variable}: 'transmodal-goood' matches no installed plugin" in message
+    effect = "loads nothing" if variable == "TRANSMODAL_LOAD_PLUGINS" else "disables nothing"
+    assert f"{variable}: 'transmodal-goood' matches no installed plugin, so it {effect}" in message
     assert "did you mean transmodal-good?" in message
 
 

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from conftest import tiny_experiment_dict
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -45,6 +48,21 @@ def test_command_does_not_import_torch(args: list[str]):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"code": 0, "torch": False, "numpy": False, "matplotlib": False, "datasets": False}, \
         result.stderr
+
+
+def test_a_command_that_imports_torch_does_not_warn_about_numpy(tmp_path: Path):
+    """torch warns "Failed to initialize NumPy" at import where NumPy is missing (the core alone): nothing in the
+    core needs NumPy, so a training command must not print it. NumPy is made unimportable, installed or not."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_experiment_dict(tmp_path, "trainer.epochs=1")))
+    probe = ("import sys; sys.modules['numpy'] = None\n"
+             "from transmodal.cli import main\n"
+             "code = main(sys.argv[1:])\n"
+             "assert 'torch' in sys.modules\n"
+             "sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe, "train", str(config), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 def test_python_dash_m_runs_the_cli():

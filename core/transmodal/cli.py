@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -21,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from transmodal.errors import ConfigError, TransmodalError
+from transmodal.errors import CheckpointError, ConfigError, TransmodalError
 
 if TYPE_CHECKING:
     from transmodal.distributed import World
@@ -271,6 +273,8 @@ def _train(args: argparse.Namespace) -> int:
             summary = run.resume(run_dir, quiet=args.quiet)
         except KeyboardInterrupt as interrupt:
             return _interrupted(run_dir, interrupt, world)
+        except OSError as error:
+            raise _disk_full(run_dir, error) or error
     elif not main_process:
         summary, run_dir = run.train(load_experiment(args.config, args.overrides), quiet=True)
     else:
@@ -285,6 +289,8 @@ def _train(args: argparse.Namespace) -> int:
                 run_dir.rmdir()  # stopped before the run began (a config or data error): leave nothing behind
             if isinstance(error, KeyboardInterrupt):
                 return _interrupted(run_dir, error, world)
+            if isinstance(error, OSError):
+                raise _disk_full(run_dir, error) or error
             raise
     if not main_process:
         return EXIT_OK
@@ -312,6 +318,23 @@ def _train_grid(args: argparse.Namespace, world: World) -> int:
         raise GridFailed(f"{len(failed)} of {len(done) + len(failed)} runs failed: "
                          + ", ".join(run.label for run in failed))
     return EXIT_OK
+
+
+def _disk_full(run_dir: Path, error: OSError) -> CheckpointError | None:
+    """A full disk (or quota) met by any write of a run (metrics, logs, summary), said plainly with how to go on;
+    None for any other OSError. Checkpoint writes say it themselves (checkpoint.save_checkpoint)."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = error.filename or run_dir
+    free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        go_on = f"continue with: transmodal train --resume {run_dir}"
+    elif run_dir.is_dir():
+        go_on = f"train again from the beginning with: transmodal train --resume {run_dir}"
+    else:  # nothing of the run was written, and its empty folder is gone
+        go_on = "run the same command again"
+    return CheckpointError(f"cannot write {where}: the disk is full ({error.strerror}; {free / 2**20:.0f} MiB free "
+                           f"there). Free some space, then {go_on}")
 
 
 def _interrupted(run_dir: Path, interrupt: KeyboardInterrupt, world: World) -> int:

@@ -152,6 +152,8 @@ class Plugins:
         if values is None:
             return None
         selected: set[str] = set()
+        # An allowlist entry that matches nothing still narrows what loads; a blocklist entry does nothing.
+        effect = "loads nothing" if variable == LOAD_VARIABLE else "disables nothing"
         for value in values:
             matches = sorted({c.distribution for c in candidates if normalize(value) in c.names()})
             if len(matches) == 1:
@@ -160,7 +162,7 @@ class Plugins:
             installed = ", ".join(sorted({c.distribution for c in candidates})) or "none"
             close = difflib.get_close_matches(normalize(value), [n for c in candidates for n in c.names()], n=1)
             problem = (f"'{value}' matches several plugins ({', '.join(matches)}); give the full name" if matches
-                       else f"'{value}' matches no installed plugin, so it changes nothing"
+                       else f"'{value}' matches no installed plugin, so it {effect}"
                        + (f" (did you mean {close[0]}?)" if close else ""))
             self._warn(f"{variable}: {problem}. Installed plugins: {installed}")
         return selected
@@ -179,6 +181,8 @@ class Plugins:
         except Exception as error:
             if self.manager.is_registered(plugin):
                 self.manager.unregister(plugin)
+            if isinstance(error, PluginLoadError):  # strict mode refused a component: already a full message
+                raise
             self._record_failure(distribution, version, error)
             return
         info = self.infos.setdefault(distribution, PluginInfo(distribution, version))

@@ -153,6 +153,8 @@ class Trainer:
         # Where a mid-epoch checkpoint stood (batches done, the epoch's loss sums so far), until training reaches it.
         self.position: dict[str, Any] | None = None
         self._last_checkpoint = time.monotonic()
+        # Where checkpoints/last.pt stands ("end of epoch 2", "epoch 3, step 40 of 64"), for a divergence message.
+        self._saved_at: str | None = None
         self.loggers = Loggers()  # opened by fit, on rank 0 of a run with a directory
         self._samples_trained = 0
 
@@ -235,7 +237,7 @@ class Trainer:
                 break
             epoch_started = time.perf_counter()
             train_metrics, epoch_samples = self.train_epoch(epoch)
-            self._check_finite(epoch, train_metrics["loss"])
+            self._check_finite(epoch, train_metrics["loss"], self.steps_per_epoch)
             self._average_batchnorm_statistics()
             samples += epoch_samples * self.world.world_size
             context = self._validation_context()
@@ -268,14 +270,15 @@ class Trainer:
         return (stopping is not None and self.best["epoch"] is not None
                 and self.epoch - self.best["epoch"] >= stopping.patience)
 
-    def _check_finite(self, epoch: int, loss: float) -> None:
-        """Stop at the end of an epoch whose mean loss is not finite, before its checkpoint would overwrite the
-        last good one (checked once per epoch: a check every step would synchronise the device every step)."""
+    def _check_finite(self, epoch: int, loss: float, batches_done: int) -> None:
+        """Stop when the epoch's mean loss so far is not finite, before a checkpoint would overwrite the last good
+        one: at the end of each epoch and before each step checkpoint (not every step, which would synchronise
+        the device every step)."""
         if math.isfinite(loss):
             return
-        first, last = epoch * self.steps_per_epoch + 1, (epoch + 1) * self.steps_per_epoch
-        kept = (f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'} (epoch {self.epoch})"
-                if self.run_dir is not None and self.epoch > 0 else "no checkpoint was written")
+        first, last = epoch * self.steps_per_epoch + 1, epoch * self.steps_per_epoch + batches_done
+        kept = (f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'} ({self._saved_at})"
+                if self.run_dir is not None and self._saved_at is not None else "no checkpoint was written")
         raise TrainingDiverged(
             f"training diverged: the mean loss of epoch {epoch + 1} (steps {first}-{last}) is {loss}; {kept}. "
             f"Resuming would diverge again: lower optimizer.lr or set optimizer.grad_clip, then train anew.")
@@ -380,10 +383,12 @@ class Trainer:
         shared = {name: self.world.sum_(total.detach().clone()) / self.world.world_size
                   for name, total in totals.items()}
         position = {"batch": batches_done, "totals": {name: total.cpu() for name, total in shared.items()}}
+        self._check_finite(self.epoch, float(position["totals"]["loss"]) / batches_done, batches_done)
         state = self.state_dict(position)
         if self.world.is_main:
             save_checkpoint(state, self.run_dir / "checkpoints" / "last.pt")
         self._last_checkpoint = time.monotonic()
+        self._saved_at = f"epoch {self.epoch + 1}, step {batches_done} of {self.steps_per_epoch}"
 
     def _average_batchnorm_statistics(self) -> None:
         """Under torchrun: every rank's BatchNorm running statistics (and the target's) become their mean over the
@@ -627,6 +632,7 @@ class Trainer:
             return
         state = self.state_dict()  # on every rank: it gathers their random states
         self._last_checkpoint = time.monotonic()
+        self._saved_at = f"end of epoch {self.epoch}"
         if not self.world.is_main:
             return
         with (self.run_dir / "metrics.jsonl").open("a") as file:
@@ -710,6 +716,8 @@ class Trainer:
         self.history = list(state["history"])
         self.final_details = dict(state.get("final_details", {}))
         self.position = state.get("position")  # absent from checkpoints written before step checkpoints
+        self._saved_at = (f"epoch {self.epoch + 1}, step {self.position['batch']} of {self.steps_per_epoch}"
+                          if self.position is not None else f"end of epoch {self.epoch}")
 
     def _strategy_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         """The modules of the strategies that are part of the trained model (``saved_with_weights``), by the
