@@ -392,6 +392,17 @@ def test_resume_refuses_a_run_directory_missing_its_parts(stopped_run: Path, tmp
     assert files_outside(tmp_path) == before
 
 
+def test_a_trained_model_is_not_loaded_from_a_run_with_an_empty_config(stopped_run: Path):
+    """predict and export load the model through transmodal.load: an empty config.yaml would build the default
+    experiment's model instead of this run's."""
+    import transmodal
+    from transmodal.errors import CheckpointError
+
+    (stopped_run / "config.yaml").write_text("")
+    with pytest.raises(CheckpointError, match="config.yaml is empty"):
+        transmodal.load(stopped_run)
+
+
 def test_resume_of_a_file_says_it_is_not_a_run_directory(tmp_path: Path, capsys):
     (tmp_path / "notes.txt").write_text("not a run\n")
     before = files_outside(tmp_path)

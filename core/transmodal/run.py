@@ -19,14 +19,29 @@ import torch
 import yaml
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
-from transmodal.config import MAX_SEED, Experiment, load_experiment, load_yaml, resolved_config
+from transmodal.config import (
+    MAX_SEED,
+    Experiment,
+    resolved_config,
+)
 from transmodal.distributed import World, lost_peer, process_group
-from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
+from transmodal.errors import (
+    CheckpointError,
+    ConfigError,
+    DistributedError,
+    RunDirectoryError,
+)
 from transmodal.experiment import assemble
 from transmodal.loggers import check_loggers, trim_logs
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
-    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, read_metrics, remove_temporary_checkpoints,
+    CHECKPOINTS,
+    METRICS,
+    create_run_dir,
+    keep_metrics_until,
+    load_run_experiment,
+    read_metrics,
+    remove_temporary_checkpoints,
     write_text_atomic,
 )
 from transmodal.trained_model import model_info, write_model_info
@@ -113,16 +128,6 @@ def _fit(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). {then} with the same number of "
             f"processes: torchrun --nproc_per_node ... -m transmodal train --resume {run_dir}"
         ) from None
-
-
-def load_run_experiment(run_dir: Path) -> Experiment:
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    if not load_yaml(config):  # an empty file would read as the default experiment: another run than this one
-        raise CheckpointError(f"{config} is empty; a run's config.yaml holds the experiment it trains, so this run "
-                              f"cannot be continued or evaluated without it")
-    return load_experiment(config)
 
 
 def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -> dict[str, Any]:

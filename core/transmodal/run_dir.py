@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transmodal.config import Experiment
+from transmodal.config import Experiment, load_experiment, load_yaml
 from transmodal.errors import CheckpointError, RunDirectoryError
 
 CHECKPOINTS = "checkpoints"
@@ -44,6 +44,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def load_run_experiment(run_dir: Path) -> Experiment:
+    """The experiment a run directory trains, from its config.yaml."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not load_yaml(config):  # an empty file would read as the default experiment: another run than this one
+        raise CheckpointError(f"{config} is empty; a run's config.yaml holds the experiment it trains, so this run "
+                              f"cannot be continued or evaluated without it")
+    return load_experiment(config)
 
 
 def create_run_dir(experiment: Experiment) -> Path:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
-from transmodal.config import Experiment, load_experiment, validate_components
+from transmodal.config import Experiment, validate_components
 from transmodal.data import Batch, ModalitySpec, presence_key
 from transmodal.domain_norm import TargetStatistics
 from transmodal.errors import CheckpointError, ConfigError
@@ -28,7 +28,7 @@ from transmodal.experiment import build_model, tokenizer_for
 from transmodal.metrics import ClassificationMeter
 from transmodal.model import TransmodalModel
 from transmodal.plugins import Plugins, get_plugins
-from transmodal.run_dir import CHECKPOINTS, write_text_atomic
+from transmodal.run_dir import CHECKPOINTS, load_run_experiment, write_text_atomic
 from transmodal.strategy import Strategy
 from transmodal.tabular import schema_of
 from transmodal.trainer import load_model_weights, resolve_device
@@ -169,7 +169,7 @@ def load(
         return load_bundle(path, device, plugins)
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path} is neither a run directory (no config.yaml) nor an exported model")
-    experiment = load_experiment(path / "config.yaml")
+    experiment = load_run_experiment(path)
     info = read_model_info(path)
     state_path = path / CHECKPOINTS / f"{checkpoint}.pt"
     state = read_checkpoint(state_path)

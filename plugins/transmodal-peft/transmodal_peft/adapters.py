@@ -19,14 +19,13 @@ import torch
 import yaml
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-
 from transmodal.builtin.adaptation.groups import match_groups
 from transmodal.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import assemble
 from transmodal.model import TransmodalModel
 from transmodal.plugins import Plugins
-from transmodal.run import load_run_experiment
+from transmodal.run_dir import load_run_experiment
 from transmodal.strategy import Strategy, TrainingContext
 from transmodal.trainer import Trainer, load_model_weights
 
