@@ -111,6 +111,16 @@ def test_resume_never_sets_damaged_lines_aside_through_a_link_or_into_a_folder(s
     assert metrics.read_bytes() == damaged_log and files_outside(tmp_path, stopped_run) == before
 
 
+def test_resume_rewrites_its_logs_without_following_a_planted_temporary_file_link(stopped_run: Path, tmp_path: Path,
+                                                                               capsys):
+    """metrics.jsonl (and the loggers' files) are rewritten through a temporary file beside them: a link planted
+    under the name such a file once had must not make the rewrite land outside the run."""
+    (stopped_run / ".metrics.jsonl.tmp").symlink_to(tmp_path / "notes.txt")
+    before = files_outside(tmp_path, stopped_run)
+    status, _ = run_cli(capsys, "train", "--resume", str(stopped_run), "--quiet")
+    assert status == 0 and files_outside(tmp_path, stopped_run) == before
+
+
 def test_a_metrics_log_that_cannot_be_read_is_named(stopped_run: Path, tmp_path: Path, capsys):
     metrics = stopped_run / "metrics.jsonl"
     metrics.unlink()

@@ -27,12 +27,12 @@ import csv
 import importlib.util
 import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from transmodal.errors import ConfigError
+from transmodal.run_dir import write_bytes_atomic, write_text_atomic
 
 LOGGERS = ("jsonl", "csv", "tensorboard")
 STEPS_JSONL = "steps.jsonl"
@@ -132,9 +132,7 @@ def _write_csv(path: Path, header: list[str], rows: list[dict[str, Any]]) -> Non
     writer = csv.DictWriter(text, header, restval="", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text.getvalue(), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, text.getvalue())
 
 
 class TensorBoardLogger(Logger):
@@ -236,9 +234,7 @@ def _trim_jsonl(path: Path, key: str, last: int) -> None:
         position = _as_int(record.get(key)) if isinstance(record, dict) else None
         if position is not None and position <= last:
             kept.append(line + b"\n")
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(b"".join(kept))
-    os.replace(temporary, path)
+    write_bytes_atomic(path, b"".join(kept))
 
 
 def _trim_csv(path: Path, key: str, last: int) -> None:

@@ -36,10 +36,15 @@ def temporary_beside(path: Path) -> tuple[int, str]:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write beside ``path`` and rename: a reader (or a crash) never sees half a file under the real name."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``write_text_atomic`` for bytes. The temporary file is a new one (never a planted link to follow)."""
     handle, temporary = temporary_beside(path)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -128,9 +133,7 @@ def keep_metrics_until(run_dir: Path, epochs_done: int) -> tuple[int, Path]:
             kept.append(line)
     if damaged:
         _append_in_place(damaged_path, b"".join(line + b"\n" for line in damaged))
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(b"".join(line + b"\n" for line in kept))
-    os.replace(temporary, path)  # a kill while rewriting leaves the old log whole
+    write_bytes_atomic(path, b"".join(line + b"\n" for line in kept))  # a kill while rewriting leaves the old log
     return len(damaged), damaged_path
 
 
