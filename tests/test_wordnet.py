@@ -100,6 +100,18 @@ def test_splits_follow_the_dataset_seed_and_the_reverse_direction_swaps_domains(
         texts(first.evaluation["target/test"]) | texts(first.unlabelled))
 
 
+def test_the_labelled_target_references_test_on_the_adaptation_runs_target_split():
+    adaptation, target_only, both = build(), build(train_on="target"), build(train_on="both")
+    test, unlabelled = texts(adaptation.evaluation["target/test"]), texts(adaptation.unlabelled)
+    for reference in (target_only, both):
+        assert texts(reference.evaluation["target/test"]) == test and reference.unlabelled is None
+        val = texts(reference.evaluation["source/val"])
+        assert val < unlabelled and not val & texts(reference.train)
+    assert texts(target_only.train) == unlabelled - texts(target_only.evaluation["source/val"])
+    assert texts(both.train) == texts(adaptation.train) | texts(target_only.train)
+    assert both.train.data["domain"].tolist().count(1) == len(target_only.train)
+
+
 @pytest.mark.parametrize("params, message", [
     ({"classes": ["motion", "flying"]}, "unknown supersense"),
     ({"classes": ["motion", "motion"]}, "twice"),

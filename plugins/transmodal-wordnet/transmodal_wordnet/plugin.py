@@ -32,6 +32,13 @@ class WordNetParams(BaseModel):
     target_test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="Target samples held out, labelled, as "
                                                                          "target/test; the rest are unlabelled.")
     seed: int = Field(0, ge=0, lt=2**31, description="Seed of the splits (independent of training).")
+    train_on: Literal["source", "target", "both"] = Field(
+        "source", description="What the labelled training split holds. 'source': the adaptation setting. 'target' "
+                              "and 'both': references that read the labels of the target rows an adaptation run "
+                              "gets unlabelled ('both': with the source's training rows), hold val_fraction of "
+                              "those target rows out as source/val and test on the same target/test split; no "
+                              "unlabelled data. They show what the target's own labels give, the ceiling an "
+                              "adaptation method is measured against.")
 
     @field_validator("classes")
     @classmethod
