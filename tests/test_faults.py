@@ -582,3 +582,15 @@ def test_a_cifar_archive_placed_by_hand_with_the_wrong_checksum_is_not_extracted
     assert status == 1
     assert f"{archive} does not have the MD5 checksum of the CIFAR-10 python version" in err and "Delete it" in err
     assert files_outside(tmp_path) == before and not (tmp_path / "data" / "cifar-10-batches-py").exists()
+
+
+def test_a_config_error_leaves_no_output_folder_that_train_made(tmp_path: Path, capsys):
+    config = write_config(tmp_path, f"output.dir={tmp_path / 'new' / 'runs'}", "model.encoders.text.embedding_dim=-3")
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
+    assert status == 2 and "embedding_dim" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny.yaml"]  # neither new/ nor new/runs/
+    kept = tmp_path / "kept"
+    (kept / "earlier-run").mkdir(parents=True)  # output.dir in use: it and its runs stay
+    config = write_config(tmp_path, f"output.dir={kept}", "model.encoders.text.embedding_dim=-3")
+    assert run_cli(capsys, "train", str(config), "--quiet")[0] == 2
+    assert [path.name for path in kept.iterdir()] == ["earlier-run"]

@@ -278,15 +278,15 @@ def _train(args: argparse.Namespace) -> int:
     elif not main_process:
         summary, run_dir = run.train(load_experiment(args.config, args.overrides), quiet=True)
     else:
-        from transmodal.run_dir import create_run_dir
+        from transmodal.run_dir import create_run_dir, nearest_existing, remove_unused_run_dir
 
         experiment = load_experiment(args.config, args.overrides)
+        existed = nearest_existing(experiment.output.dir)
         run_dir = create_run_dir(experiment)  # made here rather than in run.train so that an interrupt can name it
         try:
             summary, _ = run.train(experiment, quiet=args.quiet, run_dir=run_dir)
         except BaseException as error:
-            if not any(run_dir.iterdir()):
-                run_dir.rmdir()  # stopped before the run began (a config or data error): leave nothing behind
+            remove_unused_run_dir(run_dir, existed)  # stopped before the run began (a config or data error)
             if isinstance(error, KeyboardInterrupt):
                 return _interrupted(run_dir, error, world)
             if isinstance(error, OSError):

@@ -94,12 +94,32 @@ def _usable_parent(parent: Path) -> Path:
     return parent
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or the closest folder above it that exists: what creating ``path`` leaves as it was."""
+    return next(folder for folder in (path, *path.parents) if folder.exists())
+
+
+def remove_unused_run_dir(run_dir: Path, existed: Path) -> None:
+    """``run_dir``, and the folders above it up to ``existed`` that were made for it, removed while they hold
+    nothing: a run stopped by a config or data error leaves no trace. A folder another run has written to stays."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder == existed or existed not in folder.parents:
+            return
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run's), or already gone
+            return
+
+
 def _claim(run_dir: Path) -> bool:
     """Create ``run_dir``; False if it exists (made by another run, perhaps a moment ago)."""
     try:
         os.mkdir(run_dir)
     except FileExistsError:
         return False
+    except FileNotFoundError:  # output.dir was removed a moment ago by a run that stopped before it began
+        _usable_parent(run_dir.parent)
+        return _claim(run_dir)
     except OSError as error:
         raise RunDirectoryError(
             f"output.dir {run_dir.parent}: cannot create the run directory {run_dir.name} there: {error.strerror}"
