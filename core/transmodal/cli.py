@@ -326,7 +326,9 @@ def _disk_full(run_dir: Path, error: OSError) -> CheckpointError | None:
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
     where = error.filename or run_dir
-    free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
+    from transmodal.run_dir import nearest_existing
+
+    free = shutil.disk_usage(nearest_existing(run_dir)).free
     if (run_dir / "checkpoints" / "last.pt").is_file():
         go_on = f"continue with: transmodal train --resume {run_dir}"
     elif run_dir.is_dir():
