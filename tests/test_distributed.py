@@ -61,6 +61,7 @@ def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path: Path):
     del raw["model"]["encoders"]["image"]
     # Pseudo-labels from a mean teacher: each rank thresholds its share, and the fraction used is averaged.
     raw["adaptation"].append({"name": "pseudo-label", "threshold": 0.14, "ema": 0.9})
+    raw["trainer"]["ema_decay"] = 0.9  # and the averaged weights are what every rank evaluates
     one, _ = transmodal.train(parse_experiment(raw), quiet=True)
     raw["output"]["name"] = "two"
     result = torchrun("-m", "transmodal", "train", str(config_file(tmp_path, raw, "two")), cwd=tmp_path)

@@ -189,6 +189,11 @@ class TrainerConfig(_Strict):
     compile: bool = Field(False, description="torch.compile the model in place (nn.Module.compile: parameter names "
                           "and checkpoints stay as they are); the first steps, and each new input shape, pay the "
                           "compilation.")
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Evaluate, select and save an exponential moving average of the weights "
+                                          "(Polyak averaging), updated after every optimizer step with this decay, "
+                                          "e.g. 0.998 as in Shu et al. (2018); the first updates decay less (see "
+                                          "transmodal/weight_average.py). Default: the weights as trained.")
     score_validators: bool = Field(True, description="After each epoch also score every built-in label-free "
                                    "validator (on bounded samples); summary.json says which epoch each would pick.")
 

@@ -44,6 +44,7 @@ from transmodal.optim import build_optimizer, build_scheduler
 from transmodal.selection import build_panel, panel_choices, score_panel
 from transmodal.strategy import ParamGroup, StepData, TrainingContext
 from transmodal.validator import SOURCE_TRAIN, SOURCE_VAL, Metrics, ValidationContext
+from transmodal.weight_average import WeightAverage
 
 SOURCE_PREFIX = "source/"  # evaluation splits of the source domain, e.g. "source/val"
 
@@ -130,6 +131,8 @@ class Trainer:
             [strategy.modules() or nn.Identity() for strategy in self.strategies]
         ).to(self.device)
         self._step_losses = _StepLosses(self.model, self.strategy_modules, self._loss_terms)
+        self.weight_average = (WeightAverage(self.config.ema_decay, self._trained_tensors)
+                               if self.config.ema_decay is not None else None)
         self._parallel: nn.Module | None = None  # _step_losses in DistributedDataParallel, built at the first step
         self._parallel_trainable: tuple[bool, ...] = ()
 
@@ -240,15 +243,16 @@ class Trainer:
             self._check_finite(epoch, train_metrics["loss"], self.steps_per_epoch)
             self._average_batchnorm_statistics()
             samples += epoch_samples * self.world.world_size
-            context = self._validation_context()
-            evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context),
-                                       detailed=True)
-            self.final_details = {name: {key: metrics.pop(key) for key in DETAILS if key in metrics}
-                                  for name, metrics in evaluation.items()}
-            context.metrics = evaluation
-            self.epoch = epoch + 1
-            improved, scores = self._update_best(context)
-            self.finish_evaluation()
+            with self.evaluated_weights():
+                context = self._validation_context()
+                evaluation = self.evaluate(before_target=functools.partial(self._run_source_passes, context),
+                                           detailed=True)
+                self.final_details = {name: {key: metrics.pop(key) for key in DETAILS if key in metrics}
+                                      for name, metrics in evaluation.items()}
+                context.metrics = evaluation
+                self.epoch = epoch + 1
+                improved, scores = self._update_best(context)
+                self.finish_evaluation()
             record = {
                 "epoch": self.epoch,
                 "step": self.step,
@@ -401,6 +405,10 @@ class Trainer:
             statistics += [tensor for buffers in self.target_statistics.buffers
                            for name, tensor in buffers.items() if name != "num_batches_tracked"]
         self.world.average_(statistics)
+        if self.weight_average is not None:  # the average's own statistics (its weights are alike on every rank)
+            parameters = {f"model.{name}" for name, _ in self.model.named_parameters()}
+            self.world.average_([tensor for name, tensor in self.weight_average.average.items()
+                                 if tensor.is_floating_point() and name not in parameters])
 
     def forward_pair(self, source: Batch, target: Batch | None) -> tuple[ModelOutput, ModelOutput | None]:
         """Source and target outputs of one step. per-domain BatchNorm: two passes, the target's with its own
@@ -464,6 +472,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.weight_average is not None:
+            self.weight_average.update()
         self.step += 1
         for strategy in self.strategies:
             strategy.on_step_end(self.step)
@@ -640,7 +650,8 @@ class Trainer:
         self.loggers.log_epoch(record)
         checkpoints = self.run_dir / "checkpoints"
         if improved:
-            save_checkpoint(self.weights_state(), checkpoints / "best.pt")
+            with self.evaluated_weights():
+                save_checkpoint(self.weights_state(), checkpoints / "best.pt")
         save_checkpoint(state, checkpoints / "last.pt")
 
     def _print_epoch(self, record: dict[str, Any]) -> None:
@@ -688,6 +699,7 @@ class Trainer:
             "rng": rng,
             "position": position,
             "world_size": self.world.world_size,
+            **({"weight_average": self.weight_average.state_dict()} if self.weight_average is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -703,6 +715,11 @@ class Trainer:
             for strategy, module, entry in zip(self.strategies, self.strategy_modules, state["strategies"]):
                 module.load_state_dict(entry["module"])
                 strategy.load_state_dict(entry["state"])
+            if self.weight_average is not None:
+                if "weight_average" not in state:
+                    raise CheckpointError("this run sets trainer.ema_decay, but the checkpoint holds no averaged "
+                                          "weights")
+                self.weight_average.load_state_dict(state["weight_average"])
             rng = state["rng"]["ranks"][self.world.rank] if self.world.distributed else state["rng"]
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
@@ -725,6 +742,22 @@ class Trainer:
         return {f"{index}.{strategy.name}": module.state_dict()
                 for index, (strategy, module) in enumerate(zip(self.strategies, self.strategy_modules))
                 if strategy.saved_with_weights}
+
+    def _trained_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the trained model is made of, as live references: the model's weights and buffers, the
+        weights of strategies saved with them, and the target's BatchNorm statistics (per-domain BatchNorm)."""
+        tensors = {f"model.{name}": tensor for name, tensor in self.model.state_dict().items()}
+        for key, weights in self._strategy_weights().items():
+            tensors.update({f"strategy.{key}.{name}": tensor for name, tensor in weights.items()})
+        if self.target_statistics is not None:
+            for index, buffers in enumerate(self.target_statistics.buffers):
+                tensors.update({f"target_batchnorm.{index}.{name}": tensor for name, tensor in buffers.items()})
+        return tensors
+
+    def evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """Inside: the weights that are evaluated, selected and saved as best.pt, the averaged ones with
+        trainer.ema_decay; the model trains on its own weights outside."""
+        return self.weight_average.applied() if self.weight_average is not None else contextlib.nullcontext()
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """The model's weights, the modules of strategies saved with them and, with per-domain BatchNorm, the
