@@ -9,6 +9,7 @@ from torch import nn
 
 from transmodal.config import Experiment, ResolvedComponent, validate_components
 from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, presence_key, split_columns
+from transmodal.devices import resolve_device
 from transmodal.encoder import Encoder, ImageInput
 from transmodal.errors import CheckpointError, ConfigError, DataError
 from transmodal.model import LateFusionHeads, TransmodalModel
@@ -152,8 +153,6 @@ def build_model(
 ) -> TransmodalModel:
     """The model, refused before allocation if training it cannot fit in the training device's memory. It needs
     only the modalities' specs and the number of classes, so a saved run rebuilds it without its dataset."""
-    from transmodal.trainer import resolve_device  # the trainer imports this module
-
     def parts(model: nn.Module) -> dict[str, nn.Module]:
         assert isinstance(model, TransmodalModel)
         return {**{f"model.encoders.{m}": e for m, e in model.encoders.items()},

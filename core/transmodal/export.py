@@ -43,7 +43,7 @@ from transmodal.trained_model import (
     MODEL_INFO, TOKENIZERS, Domain, TrainedModel, build_trained_model, model_info, read_model_info,
     write_model_info,
 )
-from transmodal.trainer import resolve_device
+from transmodal.devices import resolve_device
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 WEIGHTS = {"safetensors": "weights.safetensors", "torchscript": "model.torchscript", "onnx": "model.onnx"}

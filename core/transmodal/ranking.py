@@ -254,7 +254,7 @@ def rank(
     ``split`` is ``"train"`` (the labelled source training split, the default) or an evaluation split's name;
     ``max_samples`` scores a random subset of that many (drawn with the experiment's seed)."""
     from transmodal.config import as_experiment
-    from transmodal.trainer import resolve_device
+    from transmodal.devices import resolve_device
 
     experiment = as_experiment(experiment)
     candidates = _as_candidates(candidates)

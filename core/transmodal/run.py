@@ -45,7 +45,8 @@ from transmodal.run_dir import (
     write_text_atomic,
 )
 from transmodal.trained_model import model_info, write_model_info
-from transmodal.trainer import Metrics, Trainer, resolve_device
+from transmodal.devices import resolve_device
+from transmodal.trainer import Metrics, Trainer
 
 
 def seed_everything(seed: int) -> None:

@@ -31,7 +31,8 @@ from transmodal.plugins import Plugins, get_plugins
 from transmodal.run_dir import CHECKPOINTS, load_run_experiment, write_text_atomic
 from transmodal.strategy import Strategy
 from transmodal.tabular import schema_of
-from transmodal.trainer import load_model_weights, resolve_device
+from transmodal.devices import resolve_device
+from transmodal.trainer import load_model_weights
 
 MODEL_INFO = "model.json"
 MODEL_INFO_FORMAT = 1

@@ -33,6 +33,7 @@ from transmodal.cross_modal import (
     zero_shot_modalities,
 )
 from transmodal.data import Batch, BatchLoader, joint_batch, move_batch
+from transmodal.devices import resolve_device
 from transmodal.distributed import SINGLE, World, data_parallel
 from transmodal.domain_norm import TargetStatistics, batchnorm_layers
 from transmodal.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -47,18 +48,6 @@ from transmodal.validator import SOURCE_TRAIN, SOURCE_VAL, Metrics, ValidationCo
 from transmodal.weight_average import WeightAverage
 
 SOURCE_PREFIX = "source/"  # evaluation splits of the source domain, e.g. "source/val"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device: '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device: '{name}' asked for, but CUDA is not available here; use auto or cpu")
-    return device
 
 
 def _check_precision(precision: str, device: torch.device) -> None:
