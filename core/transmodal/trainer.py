@@ -395,9 +395,11 @@ class Trainer:
                            for name, tensor in buffers.items() if name != "num_batches_tracked"]
         self.world.average_(statistics)
         if self.weight_average is not None:  # the average's own statistics (its weights are alike on every rank)
-            parameters = {f"model.{name}" for name, _ in self.model.named_parameters()}
+            weights = {f"model.{name}" for name, _ in self.model.named_parameters()}
+            weights |= {f"strategy.{key}.{name}" for key, module in self._saved_strategy_modules().items()
+                        for name, _ in module.named_parameters()}
             self.world.average_([tensor for name, tensor in self.weight_average.average.items()
-                                 if tensor.is_floating_point() and name not in parameters])
+                                 if tensor.is_floating_point() and name not in weights])
 
     def forward_pair(self, source: Batch, target: Batch | None) -> tuple[ModelOutput, ModelOutput | None]:
         """Source and target outputs of one step. per-domain BatchNorm: two passes, the target's with its own
@@ -728,7 +730,10 @@ class Trainer:
     def _strategy_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         """The modules of the strategies that are part of the trained model (``saved_with_weights``), by the
         strategy's position in the list and its name, e.g. "0.contrastive-alignment"."""
-        return {f"{index}.{strategy.name}": module.state_dict()
+        return {key: module.state_dict() for key, module in self._saved_strategy_modules().items()}
+
+    def _saved_strategy_modules(self) -> dict[str, nn.Module]:
+        return {f"{index}.{strategy.name}": module
                 for index, (strategy, module) in enumerate(zip(self.strategies, self.strategy_modules))
                 if strategy.saved_with_weights}
 
