@@ -62,6 +62,17 @@ def test_best_pt_holds_the_averaged_weights_that_were_evaluated(tiny):
         assert metrics[split]["loss"] == pytest.approx(recorded[split]["loss"], rel=1e-5)
 
 
+def test_the_modules_of_strategies_saved_with_the_weights_are_averaged_with_them(tiny):
+    _, run_dir = transmodal.train(tiny("trainer.ema_decay=0.9", "trainer.epochs=1",
+                                       "adaptation=[{name: contrastive-alignment}]"), quiet=True)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")["strategy_weights"]
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    [key] = best
+    assert all(torch.equal(last["weight_average"]["average"][f"strategy.{key}.{name}"], tensor)
+               for name, tensor in best[key].items())
+    assert not all(torch.equal(last["strategy_weights"][key][name], tensor) for name, tensor in best[key].items())
+
+
 def test_averaging_changes_what_is_evaluated(tiny):
     _, plain_dir = transmodal.train(tiny("adaptation=[{name: finetune}]", "output.name=plain"), quiet=True)
     _, averaged_dir = transmodal.train(tiny("adaptation=[{name: finetune}]", "output.name=averaged",
