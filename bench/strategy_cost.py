@@ -5,7 +5,8 @@ strategy from the same data; every strategy trains on the same source batches (a
 batches: the trainer then forwards source and target together, which alone roughly doubles a step). Each
 measurement is paired with one of finetune right beside it; the ratio is the median over repeats of strategy /
 finetune. adabn costs nothing in a step (it works before each evaluation); lp-ft and gradual-unfreeze are measured
-in their first epoch, with most layers still frozen. The last line is one JSON object.
+in their first epoch, with most layers still frozen. "ema" is finetune with trainer.ema_decay (the weights averaged
+after every step). The last line is one JSON object.
 
     python bench/strategy_cost.py [--steps 8] [--repeats 3] [--threads 2] [--only cdan mmd]
 """
@@ -52,7 +53,10 @@ STRATEGIES: dict[str, list[dict[str, Any]]] = {
     "lora": [{"name": "lora"}],
     "dora": [{"name": "dora"}],
     "ia3": [{"name": "ia3"}],
+    "ema": [{"name": "finetune"}],  # with the trainer's weight averaging (TRAINER_OPTIONS)
 }
+# Rows that change a trainer option rather than the strategy list.
+TRAINER_OPTIONS: dict[str, dict[str, Any]] = {"ema": {"ema_decay": 0.998}}
 
 
 def main() -> None:
@@ -85,7 +89,9 @@ def main() -> None:
         targets = [move_batch(b, torch.device("cpu")) for b in data.unlabelled.epoch(0)]
 
         def seconds_per_step(name: str) -> float:
-            experiment = base.model_copy(update={"adaptation": [ComponentSpec(**s) for s in STRATEGIES[name]]})
+            trainer_config = base.trainer.model_copy(update=TRAINER_OPTIONS.get(name, {}))
+            experiment = base.model_copy(update={"adaptation": [ComponentSpec(**s) for s in STRATEGIES[name]],
+                                                 "trainer": trainer_config})
             resolved = validate_components(experiment, plugins)
             torch.manual_seed(0)
             model = build_model(experiment, resolved, data.modalities, len(data.bundle.classes))
