@@ -248,6 +248,21 @@ def test_cdan_conditions_on_predictions_and_reverses_the_gradient():
         assert all(p.grad.abs().sum() > 0 for p in strategy.parts.discriminator.parameters())
 
 
+@pytest.mark.parametrize("name", ["mmd", "coral"])
+def test_feature_alignment_reports_how_many_units_have_collapsed(name: str):
+    strategy = get_plugins().get("strategy", name).build()
+    features = torch.zeros(8, 4)  # three dead ReLU units of four: 0 on every row, source and target
+    features[:, 3] = torch.arange(8.0)
+    logits = torch.zeros(8, 2)
+    step = StepData(model=None, source={}, source_output=ModelOutput(logits[:4], features[:4]), step=0,
+                    progress=1.0, target={}, target_output=ModelOutput(logits[4:], features[4:]))
+    strategy.loss_terms(step)
+    assert step.metrics == {f"{name}.constant_units": pytest.approx(0.75)}
+    features = torch.zeros(8, 4)  # every unit dead: the alignment loss is 0 whatever the inputs
+    step.source_output, step.target_output = ModelOutput(logits[:4], features[:4]), ModelOutput(logits[4:], features[4:])
+    assert float(strategy.loss_terms(step)[name]) == 0.0 and step.metrics[f"{name}.constant_units"] == 1.0
+
+
 def test_cdan_entropy_weights_each_domain_to_half_the_loss():
     model = image_model(classes=3)
     strategy = CDAN(CDANParams(entropy=True))
