@@ -10,6 +10,7 @@ pytest.importorskip("PIL")
 import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from transmodal.errors import DataError  # noqa: E402
 from transmodal.plugins import get_plugins  # noqa: E402
 from transmodal_glyphs.dataset import CHARACTERS, render_domain  # noqa: E402
 from transmodal_glyphs.fonts import DOMAIN_FONTS, font_paths  # noqa: E402
@@ -84,6 +85,26 @@ def test_dataset_bundle_from_one_or_several_sources():
     alone = build(source=["print"], target="signs", characters="letters", train_size=26, val_size=26,
                   target_train_size=0, target_test_size=26, image_size=16)
     assert torch.equal(several.train.data["image"][:26], alone.train.data["image"])
+
+
+def test_the_labelled_target_references_train_on_the_unlabelled_samples_and_test_on_the_same_split():
+    sizes = {"source": "print", "target": "scan", "train_size": 30, "val_size": 20, "target_train_size": 40,
+             "target_test_size": 50}
+    adaptation, target_only, both = build(**sizes), build(**sizes, train_on="target"), build(**sizes, train_on="both")
+    for reference in (target_only, both):
+        assert reference.unlabelled is None
+        assert torch.equal(reference.evaluation["target/test"].data["image"],
+                           adaptation.evaluation["target/test"].data["image"])
+        val = reference.evaluation["source/val"]
+        assert len(val) == 20 and val.data["domain"].unique().tolist() == [1]  # target samples, rendered apart
+        assert not any(torch.equal(image, other) for image in val.data["image"][:5]
+                       for other in target_only.train.data["image"])
+    assert torch.equal(target_only.train.data["image"], adaptation.unlabelled.data["image"])
+    assert torch.equal(both.train.data["image"], torch.cat([adaptation.train.data["image"],
+                                                            adaptation.unlabelled.data["image"]]))
+    assert both.train.data["domain"].tolist() == [0] * 30 + [1] * 40
+    with pytest.raises(DataError, match="target_train_size > 0"):
+        build(**{**sizes, "target_train_size": 0}, train_on="target")
 
 
 @pytest.mark.parametrize("params, message", [

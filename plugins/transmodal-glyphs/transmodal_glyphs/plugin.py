@@ -27,6 +27,12 @@ class GlyphsParams(BaseModel):
                                                     "target/test), to see the transfer to other domains in one run.")
     image_size: int = Field(32, ge=16, le=128)
     seed: int = Field(0, ge=0, lt=2**31, description="Seed of the rendered data (independent of training).")
+    train_on: Literal["source", "target", "both"] = Field(
+        "source", description="What the labelled training split holds. 'source': the adaptation setting. 'target' "
+                              "and 'both': references that train on the target's training samples with their "
+                              "labels ('both': beside the source's), select on val_size target samples rendered "
+                              "apart and test on the same target/test split; no unlabelled data. They show what "
+                              "the target's own labels give, the ceiling an adaptation method is measured against.")
 
     @field_validator("source", mode="before")
     @classmethod
