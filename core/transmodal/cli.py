@@ -323,11 +323,11 @@ def _train_grid(args: argparse.Namespace, world: World) -> int:
 def _disk_full(run_dir: Path, error: OSError) -> CheckpointError | None:
     """A full disk (or quota) met by any write of a run (metrics, logs, summary), said plainly with how to go on;
     None for any other OSError. Checkpoint writes say it themselves (checkpoint.save_checkpoint)."""
+    from transmodal.run_dir import nearest_existing
+
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
     where = error.filename or run_dir
-    from transmodal.run_dir import nearest_existing
-
     free = shutil.disk_usage(nearest_existing(run_dir)).free
     if (run_dir / "checkpoints" / "last.pt").is_file():
         go_on = f"continue with: transmodal train --resume {run_dir}"

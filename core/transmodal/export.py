@@ -36,6 +36,7 @@ from torch import nn
 
 from transmodal.config import Experiment, load_experiment, validate_components
 from transmodal.data import Batch, ModalitySpec
+from transmodal.devices import resolve_device
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import tokenizer_for
 from transmodal.plugins import Plugins, get_plugins
@@ -43,7 +44,6 @@ from transmodal.trained_model import (
     MODEL_INFO, TOKENIZERS, Domain, TrainedModel, build_trained_model, model_info, read_model_info,
     write_model_info,
 )
-from transmodal.devices import resolve_device
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 WEIGHTS = {"safetensors": "weights.safetensors", "torchscript": "model.torchscript", "onnx": "model.onnx"}

@@ -19,33 +19,18 @@ import torch
 import yaml
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
-from transmodal.config import (
-    MAX_SEED,
-    Experiment,
-    resolved_config,
-)
+from transmodal.config import MAX_SEED, Experiment, resolved_config
+from transmodal.devices import resolve_device
 from transmodal.distributed import World, lost_peer, process_group
-from transmodal.errors import (
-    CheckpointError,
-    ConfigError,
-    DistributedError,
-    RunDirectoryError,
-)
+from transmodal.errors import CheckpointError, ConfigError, DistributedError, RunDirectoryError
 from transmodal.experiment import assemble
 from transmodal.loggers import check_loggers, trim_logs
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
-    CHECKPOINTS,
-    METRICS,
-    create_run_dir,
-    keep_metrics_until,
-    load_run_experiment,
-    read_metrics,
-    remove_temporary_checkpoints,
-    write_text_atomic,
+    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, load_run_experiment, read_metrics,
+    remove_temporary_checkpoints, write_text_atomic,
 )
 from transmodal.trained_model import model_info, write_model_info
-from transmodal.devices import resolve_device
 from transmodal.trainer import Metrics, Trainer
 
 

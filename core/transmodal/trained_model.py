@@ -22,6 +22,7 @@ from torch import nn
 from transmodal.checkpoint import read_checkpoint, restoring_from
 from transmodal.config import Experiment, validate_components
 from transmodal.data import Batch, ModalitySpec, presence_key
+from transmodal.devices import resolve_device
 from transmodal.domain_norm import TargetStatistics
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import build_model, tokenizer_for
@@ -31,7 +32,6 @@ from transmodal.plugins import Plugins, get_plugins
 from transmodal.run_dir import CHECKPOINTS, load_run_experiment, write_text_atomic
 from transmodal.strategy import Strategy
 from transmodal.tabular import schema_of
-from transmodal.devices import resolve_device
 from transmodal.trainer import load_model_weights
 
 MODEL_INFO = "model.json"

@@ -112,9 +112,10 @@ def build_wordnet(params: WordNetParams, seed: int = 0) -> DatasetBundle:
     val_rows, train_rows = _held_out(len(source_texts), params.val_fraction, generator)
     test_rows, unlabelled_rows = _held_out(len(target_texts), params.target_test_fraction, generator)
     if params.train_on != "source":
-        source_rows = train_rows if params.train_on == "both" else train_rows[:0]
-        return _labelled_target_reference(params, (source_texts, source_labels, source_rows),
-                                          (target_texts, target_labels, test_rows, unlabelled_rows), generator)
+        source_train = (_split(source_texts, source_labels, train_rows, SOURCE_DOMAIN) if params.train_on == "both"
+                        else None)
+        return _labelled_target_reference(params, source_train, target_texts, target_labels, test_rows,
+                                          unlabelled_rows, generator)
     return DatasetBundle(
         modalities={"text": "text"},
         classes=list(params.classes),
@@ -128,25 +129,24 @@ def build_wordnet(params: WordNetParams, seed: int = 0) -> DatasetBundle:
     )
 
 
-def _labelled_target_reference(params: WordNetParams, source: tuple[list[str], torch.Tensor, torch.Tensor],
-                               target: tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor],
+def _labelled_target_reference(params: WordNetParams, source_train: Split | None, texts: list[str],
+                               labels: torch.Tensor, test_rows: torch.Tensor, unlabelled_rows: torch.Tensor,
                                generator: torch.Generator) -> DatasetBundle:
-    """Trained on the labels of the target rows an adaptation run gets unlabelled (with the source's training
-    rows for ``train_on: both``), tested on the same target/test rows: the ceiling for adaptation."""
-    source_texts, source_labels, source_rows = source
-    target_texts, target_labels, test_rows, unlabelled_rows = target
+    """Trained on the labels of the target rows an adaptation run gets unlabelled (after ``source_train``, the
+    source's training rows, for ``train_on: both``), tested on the same target/test rows: the ceiling for
+    adaptation."""
     val_order, train_order = _held_out(len(unlabelled_rows), params.val_fraction, generator)
-    target_train = _split(target_texts, target_labels, unlabelled_rows[train_order], TARGET_DOMAIN)
-    source_train = _split(source_texts, source_labels, source_rows, SOURCE_DOMAIN)
-    train = Split({"text": source_train.data["text"] + target_train.data["text"],
-                   **{key: torch.cat([source_train.data[key], target_train.data[key]]) for key in ("label", "domain")}})
+    train = _split(texts, labels, unlabelled_rows[train_order], TARGET_DOMAIN)
+    if source_train is not None:
+        train = Split({"text": source_train.data["text"] + train.data["text"],
+                       **{key: torch.cat([source_train.data[key], train.data[key]]) for key in ("label", "domain")}})
     return DatasetBundle(
         modalities={"text": "text"},
         classes=list(params.classes),
         train=train,
         evaluation={
-            "source/val": _split(target_texts, target_labels, unlabelled_rows[val_order], TARGET_DOMAIN),
-            "target/test": _split(target_texts, target_labels, test_rows, TARGET_DOMAIN),
+            "source/val": _split(texts, labels, unlabelled_rows[val_order], TARGET_DOMAIN),
+            "target/test": _split(texts, labels, test_rows, TARGET_DOMAIN),
         },
         description=f"WordNet verb supersenses ({len(params.classes)}): trained on {params.train_on} labels, "
                     f"tested on {params.target} (a reference, not an adaptation run)",

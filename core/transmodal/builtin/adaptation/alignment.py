@@ -136,11 +136,11 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel: str = "gaussian", ke
     return k[:size, :size].mean() + k[size:, size:].mean() - 2.0 * k[:size, size:].mean()
 
 
-def constant_units(features: torch.Tensor) -> torch.Tensor:
-    """The fraction of feature units that take one value on every row. At 1 the features have collapsed: a
-    constant feature makes MMD and CORAL 0 whatever the inputs, the degenerate minimum that a ReLU bottleneck
-    without BatchNorm can fall into under these losses (every unit dead)."""
-    features = features.detach()
+def constant_units(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The fraction of feature units that take one value on every row of both batches. At 1 the features have
+    collapsed: a constant feature makes MMD and CORAL 0 whatever the inputs, the degenerate minimum that a ReLU
+    bottleneck without BatchNorm can fall into under these losses (every unit dead)."""
+    features = torch.cat([source, target]).detach()
     return (features.amax(dim=0) == features.amin(dim=0)).float().mean()
 
 
@@ -157,8 +157,8 @@ class MMD(Strategy):
         assert step.target_output is not None
         value = mmd(step.source_output.features, step.target_output.features, self.params.kernel,
                     self.params.kernels, self.params.multiplier)
-        step.metrics[f"{self.name}.constant_units"] = constant_units(
-            torch.cat([step.source_output.features, step.target_output.features]))
+        step.metrics[f"{self.name}.constant_units"] = constant_units(step.source_output.features,
+                                                                     step.target_output.features)
         return {"mmd": self.params.factor(step.progress) * value}
 
 
@@ -196,8 +196,8 @@ class Coral(Strategy):
     def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
         assert step.target_output is not None
         value = coral(step.source_output.features, step.target_output.features)
-        step.metrics[f"{self.name}.constant_units"] = constant_units(
-            torch.cat([step.source_output.features, step.target_output.features]))
+        step.metrics[f"{self.name}.constant_units"] = constant_units(step.source_output.features,
+                                                                     step.target_output.features)
         return {"coral": self.params.factor(step.progress) * value}
 
 
