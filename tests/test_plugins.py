@@ -105,6 +105,16 @@ def test_strict_mode_turns_a_broken_plugin_into_an_error(monkeypatch: pytest.Mon
     assert "TRANSMODAL_STRICT_PLUGINS is set, so this stops transmodal" in str(raised.value)
 
 
+def test_a_plugin_given_in_process_and_installed_loads_once(monkeypatch: pytest.MonkeyPatch):
+    """A plugin's own tests pass its module to extra_plugins while its package is installed (pip install -e .):
+    the entry point then finds the module already registered, which is neither a failure nor a clash."""
+    monkeypatch.setenv("TRANSMODAL_STRICT_PLUGINS", "1")
+    plugin = GoodPlugin()
+    plugins = Plugins(extra_plugins=[("transmodal-good", plugin)],
+                      entry_points=[entry_point("transmodal-good", lambda: plugin)])
+    assert plugins.failures == [] and plugins.infos["transmodal-good"].registered["fusion"] == ["good-fusion"]
+
+
 def test_allowlist_and_blocklist(monkeypatch: pytest.MonkeyPatch):
     points = [entry_point("transmodal-good", lambda: GoodPlugin()), entry_point("transmodal-broken", broken_load)]
     monkeypatch.setenv("TRANSMODAL_LOAD_PLUGINS", "transmodal-good")

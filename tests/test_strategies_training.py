@@ -108,6 +108,30 @@ def test_alignment_needs_target_data(blobs, tmp_path: Path):
         transmodal.train(experiment, quiet=True)
 
 
+class _FeatureNormPenalty(transmodal.Strategy):
+    """A plugin's strategy that, as a third party's might, sets no ``name``."""
+
+    def loss_terms(self, step):
+        return {"norm": 0.01 * step.source_output.features.pow(2).mean()}
+
+
+def test_each_strategy_keeps_its_own_loss_however_it_is_named(blobs):
+    class Unnamed:
+        @transmodal.hookimpl
+        def register_strategies(self, register):
+            register("feature-norm", lambda params: _FeatureNormPenalty(), description="Penalise feature norms.")
+
+    plugins = Plugins(entry_points=[], extra_plugins=[("shifted-blobs-test", ShiftedBlobsPlugin()),
+                                                      ("unnamed", Unnamed())])
+    reset_plugins(plugins)
+    adaptation = [{"name": "feature-norm"}, {"name": "mmd"}, {"name": "mmd", "kernel": "linear"}]
+    _, run_dir = transmodal.train(blobs(adaptation, epochs=1), quiet=True)
+    train = read_metrics(run_dir)[-1]["train"]
+    # Listed twice, mmd's second loss no longer replaces its first: both train and both are logged.
+    assert {"loss/feature-norm.norm", "loss/mmd.mmd", "loss/mmd-2.mmd"} <= set(train)
+    assert train["loss/mmd.mmd"] != train["loss/mmd-2.mmd"]
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in record.items() if k != "seconds"} for record in records]

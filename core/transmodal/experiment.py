@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from transmodal.config import Experiment, ResolvedComponent, validate_components
+from transmodal.config import ComponentSpec, Experiment, ResolvedComponent, validate_components
 from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, presence_key, split_columns
 from transmodal.devices import resolve_device
 from transmodal.encoder import Encoder, ImageInput
@@ -207,6 +208,7 @@ def build_strategies(
                 f"dataset with a target split."
             )
         strategies.append(strategy)
+    name_uniquely(experiment.adaptation, strategies)
     adversarial = [spec.name for spec, s in zip(experiment.adaptation, strategies) if s.adversarial]
     if len(adversarial) > 1:
         raise ConfigError(
@@ -221,3 +223,16 @@ def build_strategies(
     for strategy in strategies:
         strategy.check(model, strategies)
     return strategies
+
+
+def name_uniquely(specs: list[ComponentSpec], strategies: list[Strategy]) -> None:
+    """A strategy's name keys its loss terms, metrics, parameter group and checkpoint entry, so each must have its
+    own: one that kept the base class's placeholder takes the name it is registered under, and a name listed again
+    gets its count ("mmd", then "mmd-2"), instead of the second silently replacing the first's loss."""
+    counts: Counter[str] = Counter()
+    for spec, strategy in zip(specs, strategies):
+        if strategy.name == Strategy.name:
+            strategy.name = spec.name
+        counts[strategy.name] += 1
+        if counts[strategy.name] > 1:
+            strategy.name = f"{strategy.name}-{counts[strategy.name]}"

@@ -143,6 +143,8 @@ class Plugins:
             except Exception as error:  # a broken plugin must not stop the others
                 self._record_failure(distribution, candidate.version, error)
                 continue
+            if self.manager.is_registered(plugin):  # already given in-process (extra_plugins, as tests do)
+                continue
             self._register_plugin(distribution, candidate.version, plugin)
 
     def _selected(self, variable: str, candidates: list[_Candidate]) -> set[str] | None:
