@@ -13,6 +13,7 @@ from transmodal.config import (
     validate_components,
 )
 from transmodal.errors import ConfigError, UnknownComponentError
+from transmodal.yaml_limits import parse_yaml
 from transmodal.plugins import get_plugins
 
 
@@ -64,6 +65,26 @@ def test_parameters_without_a_name_keep_the_default_component(tmp_path: Path):
     assert [experiment.data.tokenizer.name, experiment.model.encoders["text"].name] == ["word", "bow"]
     assert experiment.model.fusion.name == "concat" and experiment.model.fusion.params == {"hidden": 12}
     assert validate_components(experiment, get_plugins())["model.encoders.text"].params.embedding_dim == 8
+
+
+def test_setting_one_key_of_a_section_the_file_leaves_out_keeps_its_other_defaults(tmp_path: Path):
+    path = write(tmp_path, "data: {dataset: {name: synthetic-shapes}}\n")
+    defaults = load_experiment(path)
+    experiment = load_experiment(path, ["model.encoders.image.channels=[8]", "adaptation.0.encoder_lr_scale=0.5"])
+    assert experiment.model.encoders["image"].params == {"channels": [8]}
+    assert experiment.model.encoders["text"] == defaults.model.encoders["text"]
+    assert experiment.model.model_copy(update={"encoders": defaults.model.encoders}) == defaults.model
+    assert [(spec.name, spec.params) for spec in experiment.adaptation] == [("finetune", {"encoder_lr_scale": 0.5})]
+
+
+def test_a_key_set_twice_in_one_section_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"'epochs' is set twice in the same section \(line 2 and line 3\)"):
+        load_experiment(write(tmp_path, "trainer:\n  epochs: 1\n  epochs: 2\n"))
+    with pytest.raises(ConfigError, match="'name' is set twice"):
+        load_experiment(write(tmp_path, "adaptation: [{name: dann, name: mmd}]\n"))
+    # The same key in sibling sections, and merging anchors, are not repetitions.
+    merged = parse_yaml("a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: *a, <<: *b, x: 3}\n", "test")
+    assert merged["c"] == {"x": 3, "y": 2}
 
 
 def test_components_with_no_default_still_need_a_name(tmp_path: Path):

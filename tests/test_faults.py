@@ -594,3 +594,20 @@ def test_a_config_error_leaves_no_output_folder_that_train_made(tmp_path: Path, 
     config = write_config(tmp_path, f"output.dir={kept}", "model.encoders.text.embedding_dim=-3")
     assert run_cli(capsys, "train", str(config), "--quiet")[0] == 2
     assert [path.name for path in kept.iterdir()] == ["earlier-run"]
+
+
+def test_a_validator_reading_a_split_or_metric_the_run_lacks_is_refused_before_training(tmp_path: Path, capsys):
+    config = write_config(tmp_path, "validator.metric=bogus")
+    status, err = run_cli(capsys, "config", "validate", str(config))
+    assert status == 2 and "validator.metric" in err and "'accuracy', 'macro_f1' or 'loss'" in err
+    config = write_config(tmp_path, f"output.dir={tmp_path / 'runs'}", "validator.split=nope/val")
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
+    assert status == 2 and "split 'nope/val' is not evaluated in this run" in err and "source/val" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_vocabulary_that_leaves_the_texts_empty_is_refused_before_training(tmp_path: Path, capsys):
+    config = write_config(tmp_path, f"output.dir={tmp_path / 'runs'}", "data.tokenizer.min_freq=100000")
+    status, err = run_cli(capsys, "train", str(config), "--quiet")
+    assert status == 2 and "come out as padding and unknown words alone" in err and "min_freq" in err
+    assert not (tmp_path / "runs").exists()

@@ -97,6 +97,23 @@ def fake_run(root: Path, name: str, settings: dict, accuracies: tuple[float, flo
     return run
 
 
+@pytest.mark.parametrize("file, text, message", [
+    ("summary.json", "[]", "it is not a JSON object"),
+    ("summary.json", '"x"', "it is not a JSON object"),
+    ("summary.json", '{"best": 5}', "its 'best' is not a mapping of splits to metrics"),
+    ("summary.json", '{"best": {"target/test": {"accuracy": "high"}}}', "lacks a number for each of accuracy"),
+    ("summary.json", '{"oracle": {"target/test": 0.5}}', "'oracle' split 'target/test' lacks a number"),
+    ("config.yaml", "[1]\n", "holds no experiment"),
+])
+def test_compare_names_a_run_file_of_the_wrong_shape(tmp_path: Path, capsys: pytest.CaptureFixture, file: str,
+                                                     text: str, message: str):
+    run = fake_run(tmp_path, "a0", {"seed": 0}, (0.5, 0.6), "source-val")
+    (run / file).write_text(text)
+    assert main(["compare", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(run / file) in err and "Traceback" not in err
+
+
 def test_compare_groups_by_config_differences_and_states_the_rule(tmp_path: Path, capsys: pytest.CaptureFixture):
     rule = "source-val (source/val accuracy)"
     runs = [

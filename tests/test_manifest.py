@@ -144,6 +144,30 @@ def test_a_list_as_a_label_is_refused_rather_than_made_a_class(tmp_path):
         build(path, val_fraction=0.0)
 
 
+@pytest.mark.parametrize("cell", [{"a": 1}, [1, 2], True], ids=["object", "list", "boolean"])
+def test_a_text_cell_that_is_not_a_string_is_refused_rather_than_learnt_as_its_repr(tmp_path, cell):
+    rows = _rows(tmp_path, 6)
+    rows[2]["title"] = cell
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=rf"m\.jsonl line 3: text column 'title' holds a {type(cell).__name__}"):
+        build(path, val_fraction=0.0)
+
+
+def test_a_csv_with_a_column_named_twice_or_a_row_of_too_many_cells_is_refused(tmp_path):
+    rows = _rows(tmp_path, 6)
+    path = _write_csv(tmp_path / "m.csv", rows)
+    text = path.read_text().splitlines()
+    path.write_text("\n".join([text[0].replace("title", "label"), *text[1:]]) + "\n")
+    with pytest.raises(DataError, match="m.csv line 1 names column 'label' twice"):
+        build(path, val_fraction=0.0)
+    path.write_text("\n".join([*text[:3], text[3] + ",surplus", *text[4:]]) + "\n")
+    with pytest.raises(DataError, match="m.csv line 4 has 7 cells but the header names 6 columns"):
+        build(path, val_fraction=0.0)
+    path.write_text("\n".join([*text[:3], text[3] + ",", *text[4:]]) + "\n")  # an empty trailing cell is harmless
+    assert len(build(path, val_fraction=0.0).train) == 6
+
+
 def test_on_missing_files(tmp_path):
     rows = _rows(tmp_path, 9)
     (tmp_path / "images" / "4.png").unlink()
@@ -194,6 +218,12 @@ def test_bad_input_is_one_clear_error(tmp_path, change, error, message):
     params = {"domain": {"column": "domain", "source": "web", "target": "sketch"}, **change.get("params", {})}
     with pytest.raises(error, match=message):
         build(_write_csv(tmp_path / "m.csv", rows), **params)
+
+
+def test_a_manifest_of_one_class_is_refused(tmp_path):
+    rows = [{**row, "label": "red", "domain": "web"} for row in _rows(tmp_path, 6)]
+    with pytest.raises(DataError, match="the dataset has only one class, 'red'; classification needs at least two"):
+        build(_write_csv(tmp_path / "m.csv", rows))
 
 
 def test_a_manifest_that_is_not_utf8_needs_its_encoding(tmp_path):

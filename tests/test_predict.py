@@ -106,13 +106,20 @@ def test_missing_modalities_are_absent_not_zero_filled_inputs(trained):
     (["hello", "--modality", "caption"], "--modality caption: the model's modalities are image (image), text"),
     (["{data}/images", "--modality", "text"], "the inputs are image but modality 'text' takes text"),
     (["{data}/../empty.csv"], "holds no rows"),
+    (["{latin}"], "line 2 is not utf-8 text (byte 0xe9 at offset 20); save it as UTF-8"),
+    ([""], "input 1 is an empty string"),  # not the working directory and every image below it
+    (["hello", "--output", "{tmp}"], "is a folder; name the file to write"),
+    (["hello", "--output", ""], "is a folder; name the file to write"),
+    (["hello", "--output", "/proc/predictions.csv"], "cannot write it"),
 ])
 def test_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys, arguments, message):
     run_dir, data = trained
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     (data.parent / "empty.csv").write_text("image,text\n")
-    filled = [a.format(data=data, bad=bad) for a in arguments]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("image,text\nx.png,caf\u00e9\n".encode("latin-1"))
+    filled = [a.format(data=data, bad=bad, tmp=tmp_path, latin=latin) for a in arguments]
     assert main(["predict", str(run_dir), *filled]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -451,9 +451,11 @@ def _cross_modal_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from transmodal.predict import write_records
+    from transmodal.predict import check_output, write_records
     from transmodal.trained_model import load
 
+    if args.output is not None:
+        check_output(args.output)
     trained = load(args.run_dir, args.checkpoint, args.device)
     records = trained.predict(args.inputs, modality=args.modality, top_k=args.top_k, batch_size=args.batch_size,
                               domain=args.domain)

@@ -73,12 +73,38 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
             summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, yaml.YAMLError) as error:
             raise ConfigError(f"{path}: cannot read its config.yaml or summary.json ({error})") from None
-        settings = _flatten(config if isinstance(config, dict) else {})
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path / 'config.yaml'} holds no experiment (a mapping of sections); the run cannot be "
+                              f"told apart from the others")
+        problem = _summary_problem(summary)
+        if problem is not None:
+            raise ConfigError(f"{path / 'summary.json'}: {problem}; it is not a summary that training wrote")
+        settings = _flatten(config)
         seed = settings.get("trainer.seed")
         runs.append(RunResult(path, seed if isinstance(seed, int) else None, settings, summary))
     if not runs:
         raise ConfigError("no finished run to compare (each needs its summary.json)")
     return runs
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """What keeps ``summary`` from being read as a run's results, or None: the table reads each metric of each
+    split under "best", and of "target/test" under "oracle"."""
+    if not isinstance(summary, dict):
+        return "it is not a JSON object"
+    parts = {"best": summary.get("best", {})}
+    if "oracle" in summary:
+        oracle = summary["oracle"]
+        parts["oracle"] = {"target/test": oracle.get("target/test")} if isinstance(oracle, dict) else oracle
+    for part, splits in parts.items():
+        if not isinstance(splits, dict):
+            return f"its '{part}' is not a mapping of splits to metrics"
+        for split, metrics in splits.items():
+            if not isinstance(metrics, dict) or not all(
+                    isinstance(metrics.get(name), int | float) and not isinstance(metrics.get(name), bool)
+                    for name in METRICS):
+                return f"'{part}' split '{split}' lacks a number for each of {', '.join(METRICS)}"
+    return None
 
 
 def _ignored(key: str) -> bool:

@@ -282,8 +282,11 @@ def did_you_mean(path: Path) -> str:
     return f" Did you mean: {path.parent / close[0]}?" if close else ""
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``path.to.key=value`` overrides; values are parsed as YAML ("3" is 3, "[1, 2]" a list)."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], defaults: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Apply ``path.to.key=value`` overrides; values are parsed as YAML ("3" is 3, "[1, 2]" a list). A section
+    that ``raw`` leaves out starts as its value in ``defaults`` (what it would have been without the override),
+    so that setting one key of it keeps the others."""
     for override in overrides:
         path, separator, text = override.partition("=")
         if not separator or not path.strip():
@@ -294,11 +297,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(error.__cause__, yaml.YAMLError):
                 raise  # a value too large or too deep is refused, not kept as a string
             value = text
-        _set_path(raw, path.strip().split("."), value, override)
+        _set_path(raw, path.strip().split("."), value, override, defaults)
     return raw
 
 
-def _set_path(node: Any, keys: list[str], value: Any, override: str) -> None:
+def _set_path(node: Any, keys: list[str], value: Any, override: str, default: Any) -> None:
+    """Set ``keys`` in ``node``, walking ``default`` (the same structure's defaults, or None) alongside."""
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
         if isinstance(node, list):
@@ -308,11 +312,15 @@ def _set_path(node: Any, keys: list[str], value: Any, override: str) -> None:
                 node[int(key)] = value
             else:
                 node = node[int(key)]
+                default = default[int(key)] if isinstance(default, list) and int(key) < len(default) else None
         elif isinstance(node, dict):
             if last:
                 node[key] = value
             else:
-                node = node.setdefault(key, {})
+                default = default.get(key) if isinstance(default, Mapping) else None
+                if key not in node:
+                    node[key] = copy.deepcopy(default) if isinstance(default, (dict, list)) else {}
+                node = node[key]
         else:
             walked = ".".join(keys[:depth])
             raise ConfigError(f"--set {override}: '{walked}' is a value, not a section")
@@ -328,7 +336,7 @@ def parse_experiment(raw: dict[str, Any], source: str = "config") -> Experiment:
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> Experiment:
     raw = load_yaml(path) if path is not None else default_experiment_dict()
-    apply_overrides(raw, overrides or [])
+    apply_overrides(raw, overrides or [], Experiment().model_dump(mode="json"))
     _fill_default_names(raw, Experiment)
     return parse_experiment(raw, str(path) if path is not None else "the default experiment")
 

@@ -125,6 +125,10 @@ class DatasetBundle:
     def __post_init__(self) -> None:
         if not self.train.has_labels:
             raise DataError("the training split of a dataset must carry labels")
+        if len(self.classes) < 2:
+            found = f"only one class, '{self.classes[0]}'" if self.classes else "no class"
+            raise DataError(f"the dataset has {found}; classification needs at least two: check that its labels "
+                            f"(the label column, or the class folders) name every class")
         if self.unlabelled is not None and self.unlabelled.has_labels:
             self.unlabelled = self.unlabelled.without_labels()
 

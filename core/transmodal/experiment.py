@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from transmodal.config import ComponentSpec, Experiment, ResolvedComponent, validate_components
-from transmodal.data import BatchLoader, DatasetBundle, ModalitySpec, Split, presence_key, split_columns
+from transmodal.data import UNK_ID, BatchLoader, DatasetBundle, ModalitySpec, Split, presence_key, split_columns
 from transmodal.devices import resolve_device
 from transmodal.encoder import Encoder, ImageInput
 from transmodal.errors import CheckpointError, ConfigError, DataError
@@ -54,6 +54,7 @@ def assemble(
     if validator.needs_unlabelled_target and data.unlabelled is None:
         raise ConfigError(f"validator: '{experiment.validator.name}' scores unlabelled target data, but dataset "
                           f"'{experiment.data.dataset.name}' provides none; use source-val")
+    validator.check(list(data.bundle.evaluation))
     return Assembled(experiment, components, data, model, strategies, validator)
 
 
@@ -111,6 +112,12 @@ def prepare_data(
             tokenizer = tokenizer_for(components["data.tokenizer"], texts, modality, tokenizer_states.get(modality))
             for split in splits:
                 split.data[modality] = tokenizer.encode_batch(list(split.data[modality]))
+            fitted = modality not in tokenizer_states
+            if fitted and not bool((bundle.train.data[modality] > UNK_ID).any()):
+                raise ConfigError(
+                    f"data.tokenizer: the training texts of '{modality}' come out as padding and unknown words alone "
+                    f"(a vocabulary of {tokenizer.vocab_size} tokens): the text would carry nothing. Lower "
+                    f"data.tokenizer.min_freq, or check the texts")
             tokenizers[modality] = tokenizer
             specs[modality] = ModalitySpec(modality, kind, vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
         elif kind == "tabular":

@@ -66,6 +66,9 @@ def read_inputs(trained: TrainedModel, inputs: Any, modality: str | None = None)
     items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     if not items:
         raise InputError("no inputs given: name image files, a folder, texts, a .txt file or a manifest")
+    blank = next((index for index, item in enumerate(items) if isinstance(item, str) and not item.strip()), None)
+    if blank is not None:  # as a path, '' would be the working directory and every image below it
+        raise InputError(f"input {blank + 1} is an empty string: give a file, a folder or a text with words")
     paths = [Path(item).expanduser() if isinstance(item, str | Path) else None for item in items]
     if len(items) == 1 and paths[0] is not None and paths[0].suffix.lower() in FORMATS:
         return read_manifest(trained, paths[0])
@@ -137,7 +140,10 @@ def read_manifest(trained: TrainedModel, path: Path) -> Inputs:
     the run's) if present; an ``id`` column naming each row, else its line."""
     if not path.is_file():
         raise InputError(f"No manifest file {path}")
-    rows = read_rows(path, file_format(path, "auto", "predict"), what="predict")
+    try:
+        rows = read_rows(path, file_format(path, "auto", "input"), what="input", encoding_option=None)
+    except DataError as error:  # the user's input, not the run's data
+        raise InputError(str(error)) from None
     if not rows:
         raise InputError(f"{path} holds no rows")
     available = set(columns_of(rows))
@@ -378,6 +384,17 @@ def write_records(records: list[dict[str, Any]], output: Path | None, output_for
         sys.stdout.write(format_records(records, output_format or "csv"))
         return
     chosen = output_format or ("jsonl" if output.suffix.lower() in (".jsonl", ".ndjson") else "csv")
+    check_output(output)
+    try:
+        write_text_atomic(output, format_records(records, chosen))
+    except OSError as error:
+        raise InputError(f"--output {output}: cannot write it ({error.strerror or error}); name a file in a folder "
+                         f"you can write to") from None
+
+
+def check_output(output: Path) -> None:
+    """Refuse an ``--output`` that cannot be a file before any prediction is made."""
+    if output.is_dir() or not output.name:
+        raise InputError(f"--output {output}: is a folder; name the file to write, e.g. {output / 'predictions.csv'}")
     if not output.parent.is_dir():
         raise InputError(f"--output {output}: the folder {output.parent} does not exist")
-    write_text_atomic(output, format_records(records, chosen))

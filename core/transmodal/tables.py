@@ -11,6 +11,7 @@ import codecs
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,17 @@ def is_missing(value: Any) -> bool:
     return value is None or (not isinstance(value, list | dict) and str(value).strip().lower() in MISSING_CELLS)
 
 
-def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str = "data") -> list[dict[str, Any]]:
-    """Rows as dicts, each with its line number under :data:`LINE`; ``what`` starts every error message."""
+def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str = "data",
+              encoding_option: str | None = "data.dataset.encoding") -> list[dict[str, Any]]:
+    """Rows as dicts, each with its line number under :data:`LINE`; ``what`` starts every error message, and a file
+    the encoding cannot read is told to set ``encoding_option`` (None: the caller reads UTF-8 only)."""
     path = path.expanduser()
     if not path.is_file():
         raise DataError(f"{what}: no file at {path}")
     if file_format == "parquet":
         return _read_parquet(path, what)
     rows: list[dict[str, Any]] = []
-    file = io.StringIO(_decode(path, encoding, what), newline="")
+    file = io.StringIO(_decode(path, encoding, what, encoding_option), newline="")
     if file_format == "jsonl":
         for number, line in enumerate(file, start=1):
             if not line.strip():
@@ -64,7 +67,17 @@ def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str =
     else:
         reader = csv.DictReader(file, delimiter="\t" if file_format == "tsv" else ",")
         try:
+            repeated = [name for name, count in Counter(reader.fieldnames or []).items() if count > 1]
+            if repeated:
+                raise DataError(f"{what}: {path} line 1 names column '{repeated[0]}' twice; only one of them would be "
+                                f"read. Rename or remove the other")
             for row in reader:
+                extra = row.pop(None, None)  # cells beyond the header's columns
+                if extra is not None and any(cell.strip() for cell in extra):
+                    columns = len(reader.fieldnames or [])
+                    raise DataError(f"{what}: {path} line {reader.line_num} has {columns + len(extra)} cells but the "
+                                    f"header names {columns} columns; quote a cell that holds the delimiter, or add "
+                                    f"the missing column names")
                 rows.append({**row, LINE: reader.line_num})
         except csv.Error as error:
             raise DataError(f"{what}: {path} line {reader.line_num}: {error}") from None
@@ -79,7 +92,7 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     return list(names)
 
 
-def _decode(path: Path, encoding: str, what: str) -> str:
+def _decode(path: Path, encoding: str, what: str, encoding_option: str | None) -> str:
     """The whole file as text; a byte the encoding cannot read is reported with its line."""
     data = path.read_bytes()
     try:
@@ -89,10 +102,10 @@ def _decode(path: Path, encoding: str, what: str) -> str:
         line = data[: error.start].count(b"\n") + 1
         # a UTF-16 byte-order mark (what Excel's "Unicode text" writes) names the encoding to set
         hint = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "latin-1 or cp1252"
-        raise DataError(
-            f"{what}: {path} line {line} is not {encoding} text (byte {data[error.start]:#04x} at offset "
-            f"{error.start}); set data.dataset.encoding to the file's encoding, e.g. {hint}"
-        ) from None
+        fix = (f"set {encoding_option} to the file's encoding, e.g. {hint}" if encoding_option is not None
+               else f"save it as UTF-8 (it may be {hint})")
+        raise DataError(f"{what}: {path} line {line} is not {encoding} text (byte {data[error.start]:#04x} at offset "
+                        f"{error.start}); {fix}") from None
 
 
 def _read_parquet(path: Path, what: str) -> list[dict[str, Any]]:

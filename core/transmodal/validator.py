@@ -8,7 +8,7 @@ as ``best.pt``; ``summary.json`` names the validator, and one that reads target 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -119,6 +119,9 @@ class Validator:
     def describe(self) -> str:
         return self.name
 
+    def check(self, splits: Sequence[str]) -> None:
+        """Before anything trains: raise ConfigError if the run's evaluation ``splits`` cannot be scored."""
+
     def score(self, context: ValidationContext) -> float:
         raise NotImplementedError
 
@@ -139,6 +142,11 @@ class MetricValidator(Validator):
     def describe(self) -> str:
         label = f"{self.name} ({self.split} {self.metric})"
         return f"{label}, oracle: uses target labels" if self.oracle else label
+
+    def check(self, splits: Sequence[str]) -> None:
+        if self.split not in splits:
+            raise ConfigError(f"validator {self.name}: split '{self.split}' is not evaluated in this run; set "
+                              f"validator.split to one of {', '.join(splits)}")
 
     def score(self, context: ValidationContext) -> float:
         split = context.metrics.get(self.split)

@@ -19,6 +19,7 @@ from transmodal.errors import ConfigError
 MAX_CONFIG_BYTES = 1 << 20
 MAX_NODES = 10_000  # values in the document with every alias expanded; real configs have a few hundred
 MAX_DEPTH = 32  # nesting levels; real configs have about six
+MERGE_TAG = "tag:yaml.org,2002:merge"  # "<<: *anchor" may be written more than once in a mapping
 
 # Longest BOM first: the UTF-32-LE mark begins with the UTF-16-LE one.
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
@@ -95,8 +96,25 @@ def _check_size(root: yaml.Node, source: str) -> None:
             raise ConfigError(f"{source} contains an alias to an anchor that encloses it (a value that contains "
                               f"itself); a config cannot.")
         open_nodes.add(key)
+        _check_unique_keys(node, source)
         stack.append((node, True))
         stack.extend((child, False) for child in children if id(child) not in size)
+
+
+def _check_unique_keys(node: yaml.Node, source: str) -> None:
+    """Refuse a mapping that names a key twice: YAML loaders keep the last value without a word, so the first
+    setting would be lost unseen."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[tuple[str, str], yaml.Mark] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == MERGE_TAG:
+            continue
+        first = seen.setdefault((key.tag, key.value), key.start_mark)
+        if first is not key.start_mark:
+            raise ConfigError(f"{source}: '{key.value}' is set twice in the same section (line {first.line + 1} and "
+                              f"line {key.start_mark.line + 1}); the second would silently replace the first. "
+                              f"Keep one.")
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

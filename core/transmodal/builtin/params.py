@@ -3,6 +3,8 @@ validating components (``transmodal components``, ``config validate``) imports p
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 # synthetic-shapes keeps its images in memory: a million 32x32 samples are 3 GiB.
@@ -137,7 +139,8 @@ class WordTokenizerParams(BaseModel):
 class MetricParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     split: str = Field("source/val", description="Evaluation split whose metric is read.")
-    metric: str = Field("accuracy", description="accuracy, macro_f1, or loss (lower is better).")
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="accuracy, macro_f1, or loss "
+                                                                                 "(lower is better).")
 
 class OracleParams(MetricParams):
     split: str = Field("target/test", description="Labelled target split whose metric is read.")

@@ -147,6 +147,10 @@ class MappedRows(ABC):
     def _modality(self, name: str, spec: ModalityColumns) -> Modality:
         if spec.kind == "text":
             cells = [row[spec.column] for row in self.rows]
+            wrong = next((i for i, cell in enumerate(cells) if isinstance(cell, list | dict | bool)), None)
+            if wrong is not None:  # a JSON value that str() would turn into text the model then learns from
+                raise DataError(f"{self.where(wrong)}: text column '{spec.column}' holds a "
+                                f"{type(cells[wrong]).__name__}; a text cell is one string")
             present = torch.tensor([not is_missing(cell) for cell in cells], dtype=torch.bool)
             return Modality("text", ["" if is_missing(cell) else str(cell) for cell in cells], present)
         if spec.kind == "vector":
