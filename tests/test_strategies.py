@@ -140,6 +140,22 @@ def test_class_confusion_matches_the_papers_formula_written_out():
     assert class_confusion(logits, t).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_class_confusion_sends_no_gradient_through_its_sample_weights():
+    """The authors' code (and TLlib's) weights samples by a detached 1 + exp(-H): the gradient is the confusion's
+    with those weights held constant."""
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 2
+    live = logits.clone().requires_grad_(True)
+    class_confusion(live, 2.5).backward()
+    probabilities = lambda z: torch.softmax(z / 2.5, dim=1)  # noqa: E731
+    certainty = 1 + torch.exp(-entropy(logits / 2.5))
+    weights = certainty * 6 / certainty.sum()
+    held = logits.clone().requires_grad_(True)
+    confusion = probabilities(held).T @ (weights.unsqueeze(1) * probabilities(held))
+    confusion = confusion / confusion.sum(dim=0, keepdim=True)
+    ((confusion.sum() - confusion.trace()) / 4).backward()
+    assert torch.allclose(live.grad, held.grad, atol=1e-7)
+
+
 def test_class_confusion_is_zero_for_one_hot_predictions_and_penalises_a_split_sample():
     certain = torch.eye(4).repeat(2, 1) * 100.0
     assert class_confusion(certain, 1.0).item() == pytest.approx(0.0, abs=1e-6)
@@ -278,6 +294,27 @@ def test_cdan_entropy_weights_each_domain_to_half_the_loss():
     w = 1 + torch.exp(-entropy(logits))
     expected = 0.5 * (losses[:2] * w[:2]).sum() / w[:2].sum() + 0.5 * (losses[2:] * w[2:]).sum() / w[2:].sum()
     assert torch.isclose(value, expected)
+
+
+def test_dann_and_cdan_weigh_each_domain_half_whatever_its_batch_size():
+    """Ganin et al. (2016) average the two domains' losses; a mean over the joined batch would give a target batch
+    of 6 rows three times the weight of a source batch of 2."""
+    model = image_model(classes=3)
+    features, logits = torch.randn(8, 6), torch.randn(8, 3)
+    step = StepData(model=model, source={}, source_output=ModelOutput(logits[:2], features[:2]), step=0,
+                    progress=1.0, target={}, target_output=ModelOutput(logits[2:], features[2:]))
+    domains = torch.tensor([0.0] * 2 + [1.0] * 6)
+    for strategy in (DANN(DANNParams()), CDAN(CDANParams())):
+        strategy.setup(model, context())
+        strategy.modules().eval()  # dropout off: the two passes see the same network
+        if isinstance(strategy, DANN):
+            domain_logits = strategy.discriminator(features).squeeze(1)
+        else:
+            mapped = strategy.parts.multilinear(features, torch.softmax(logits, 1))
+            domain_logits = strategy.parts.discriminator(mapped).squeeze(1)
+        losses = nn.functional.binary_cross_entropy_with_logits(domain_logits, domains, reduction="none")
+        expected = 0.5 * (losses[:2].mean() + losses[2:].mean())
+        assert torch.isclose(strategy.loss_terms(step)["domain"], expected), type(strategy).__name__
 
 
 def test_dann_and_cdan_default_to_the_papers_discriminator():

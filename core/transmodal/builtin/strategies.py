@@ -74,6 +74,19 @@ def dann_coefficient(progress: float, gamma: float) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
+def domain_loss(logits: torch.Tensor, source_size: int) -> torch.Tensor:
+    """Per sample, the discriminator's binary cross-entropy for its domain: source rows first (0), then target
+    rows (1)."""
+    domains = torch.cat([logits.new_zeros(source_size), logits.new_ones(logits.shape[0] - source_size)])
+    return nn.functional.binary_cross_entropy_with_logits(logits, domains, reduction="none")
+
+
+def balanced_mean(losses: torch.Tensor, source_size: int) -> torch.Tensor:
+    """1/2 (mean over the source rows + mean over the target rows): each domain weighs the same whatever the size
+    of its batch (``trainer.target_batch_size``), as in Ganin et al. (2016) and the reference implementations."""
+    return 0.5 * (losses[:source_size].mean() + losses[source_size:].mean())
+
+
 class DomainDiscriminator(nn.Sequential):
     """x -> hidden -> hidden -> 1 with ReLU and dropout: the domain classifier of Ganin et al. (2016) for their
     large networks (x -> 1024 -> 1024, dropout 0.5 in the authors' model), which CDAN (Long et al., 2018) reuses.
@@ -119,13 +132,10 @@ class DANN(Strategy):
         delay = self.params.delay
         ramp = max(0.0, step.progress - delay) / (1.0 - delay)
         coefficient = self.params.max_coefficient * dann_coefficient(ramp, self.params.gamma)
+        source_size = step.source_output.features.shape[0]
         features = torch.cat([step.source_output.features, step.target_output.features])
         logits = self.discriminator(reverse_gradient(features, coefficient)).squeeze(1).float()
-        domains = torch.cat([
-            logits.new_zeros(step.source_output.features.shape[0]),
-            logits.new_ones(step.target_output.features.shape[0]),
-        ])
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, domains)
+        loss = balanced_mean(domain_loss(logits, source_size), source_size)
         return {"domain": self.params.weight * loss}
 
 

@@ -20,7 +20,9 @@ from transmodal.builtin.adaptation.params import (
 )
 from transmodal.builtin.strategies import (
     DomainDiscriminator,
+    balanced_mean,
     dann_coefficient,
+    domain_loss,
     reverse_gradient,
 )
 from transmodal.model import TransmodalModel
@@ -89,11 +91,9 @@ class CDAN(Strategy):
         mapped = self.parts.multilinear(reverse_gradient(features, coefficient), probabilities)
         domain_logits = self.parts.discriminator(mapped).squeeze(1).float()
         source_size = step.source_output.features.shape[0]
-        domains = torch.cat([domain_logits.new_zeros(source_size),
-                             domain_logits.new_ones(domain_logits.shape[0] - source_size)])
-        losses = nn.functional.binary_cross_entropy_with_logits(domain_logits, domains, reduction="none")
+        losses = domain_loss(domain_logits, source_size)
         if not self.params.entropy:
-            return {"domain": weight * losses.mean()}
+            return {"domain": weight * balanced_mean(losses, source_size)}
         certainty = 1.0 + torch.exp(-entropy(logits))
         source_w, target_w = certainty[:source_size], certainty[source_size:]
         sample_weights = torch.cat([source_w / source_w.sum(), target_w / target_w.sum()]) / 2.0
@@ -247,7 +247,8 @@ def class_confusion(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     to 1; the loss is its off-diagonal mass over the C classes: how often a sample is split between two classes.
     """
     probabilities = torch.softmax(logits.float() / temperature, dim=1)
-    certainty = 1.0 + torch.exp(-entropy(logits.float() / temperature))
+    # The weights are constants of the step, as in the authors' code: no gradient flows through them.
+    certainty = 1.0 + torch.exp(-entropy(logits.float().detach() / temperature))
     weights = certainty * len(certainty) / certainty.sum()
     confusion = probabilities.T @ (weights.unsqueeze(1) * probabilities)
     confusion = confusion / confusion.sum(dim=0, keepdim=True)
