@@ -104,6 +104,17 @@ def test_bad_overrides(override: str, message: str):
         apply_overrides({"adaptation": [{"name": "dann"}], "trainer": {"epochs": 2}}, [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=true", "optimizer: Value error, lr: true is a boolean, not a number"),
+    ("trainer.epochs=yes", "trainer: Value error, epochs: true is a boolean, not a number"),
+    ("adaptation.0.weight=false", "adaptation.0.weight: false is a boolean, not a number"),
+])
+def test_a_boolean_where_a_number_belongs_is_refused_not_read_as_one(override: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        validate_components(load_experiment(None, [override]), get_plugins())
+    assert load_experiment(None, ["trainer.compile=true"]).trainer.compile is True  # a boolean field takes one
+
+
 def test_wrong_type_names_path_value_and_rule():
     with pytest.raises(ConfigError) as raised:
         parse_experiment({"trainer": {"epochs": "many"}})

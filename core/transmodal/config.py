@@ -66,6 +66,32 @@ def _file_name(max_bytes: int) -> AfterValidator:
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, data: Any) -> Any:
+        slip = boolean_slip(cls, data) if isinstance(data, Mapping) else None
+        if slip is not None:
+            raise ValueError(f"{slip}: {str(data[slip]).lower()} is a boolean, not a number")
+        return data
+
+
+def boolean_slip(model: type[BaseModel], values: Mapping[str, Any]) -> str | None:
+    """The first of ``values`` that is a boolean for a field of ``model`` that takes only numbers: pydantic would
+    read true as 1, but `epochs: true` or `lr: yes` is a slip, not a value."""
+    for name, value in values.items():
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        if isinstance(value, bool) and field is not None and _takes_only_numbers(field.annotation):
+            return name
+    return None
+
+
+def _takes_only_numbers(annotation: Any) -> bool:
+    """int or float, optionally None too (but no bool)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = set(typing.get_args(annotation)) if union else {annotation}
+    kinds.discard(type(None))
+    return bool(kinds) and kinds <= {int, float}
+
 
 class ComponentSpec(BaseModel):
     """A component by name; every other key is one of the component's own parameters."""
@@ -436,6 +462,10 @@ def validate_components(
                 spec.name, also=tuple(plugins.registry(kind) for kind in kinds[1:])
             )
             problems.append(f"{path}.name: {message}")
+            continue
+        slip = boolean_slip(component.params, spec.params)
+        if slip is not None:
+            problems.append(f"{path}.{slip}: {str(spec.params[slip]).lower()} is a boolean, not a number")
             continue
         try:
             params = component.params.model_validate(spec.params)
