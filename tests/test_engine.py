@@ -151,6 +151,19 @@ def test_existing_run_directory_is_not_overwritten(tiny):
         transmodal.train(tiny("trainer.epochs=1", "output.name=taken"), quiet=True)
 
 
+def test_a_run_dir_given_to_train_must_be_new_or_empty(tiny, tmp_path: Path):
+    _, finished = transmodal.train(tiny("trainer.epochs=1"), quiet=True)
+    before = {path: path.read_bytes() for path in finished.rglob("*") if path.is_file()}
+    for taken in (finished, finished.parent, finished / "config.yaml"):
+        with pytest.raises(RunDirectoryError, match="is not an empty folder"):
+            transmodal.train(tiny("trainer.epochs=1"), quiet=True, run_dir=taken)
+    assert {path: path.read_bytes() for path in finished.rglob("*") if path.is_file()} == before
+    (tmp_path / "empty").mkdir()
+    for chosen in (tmp_path / "empty", str(tmp_path / "new" / "run")):  # a str is a path too
+        _, run_dir = transmodal.train(tiny("trainer.epochs=1"), quiet=True, run_dir=chosen)
+        assert run_dir == Path(chosen) and (run_dir / "summary.json").is_file()
+
+
 def test_config_errors_found_while_assembling_leave_no_run_directory(tiny, tmp_path: Path):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         transmodal.train(tiny("trainer.precision=fp16", "trainer.device=cpu"), quiet=True)

@@ -238,11 +238,16 @@ def test_cache_list_and_clear(tmp_path, capsys):
     paths = _images(tmp_path / "images", 3)
     ImageCache(tmp_path / "cache", num_workers=1).load(paths, 8)
     (tmp_path / "cache" / "keep-me.txt").write_text("not ours")
+    (tmp_path / "cache" / "images-train").mkdir()  # a user's folder that only looks like an entry by its prefix
+    (tmp_path / "cache" / "images-train" / "cat.png").write_bytes(b"a photo")
+    (tmp_path / "cache" / "images-notes").write_text("a file, not a folder")
     assert main(["cache", "list", "--dir", str(tmp_path / "cache")]) == 0
     listed = capsys.readouterr().out
     assert "3 files, 8x8" in listed and str(tmp_path / "images") in listed
     assert main(["cache", "clear", "--dir", str(tmp_path / "cache")]) == 0
-    assert [path.name for path in (tmp_path / "cache").iterdir()] == ["keep-me.txt"]
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == ["images-notes", "images-train",
+                                                                          "keep-me.txt"]
+    assert (tmp_path / "cache" / "images-train" / "cat.png").read_bytes() == b"a photo"
     main(["cache", "list", "--dir", str(tmp_path / "cache")])
     assert "no cached images" in capsys.readouterr().out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -165,12 +166,27 @@ def test_what_is_not_a_run_exits_2(runs: tuple[Path, Path], tmp_path: Path, caps
     assert not (tmp_path / "report").exists()
 
 
-def test_a_folder_that_holds_no_report_is_not_replaced(runs: tuple[Path, Path], tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture):
+def test_a_folder_that_holds_more_than_a_report_is_not_replaced(runs: tuple[Path, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["report", str(runs[1]), "--output", str(tmp_path)]) == 2
-    assert "holds no report (no report.html)" in capsys.readouterr().err
+    assert "holds more than a report (report.html and its .png figures)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    (tmp_path / "report.html").write_text("an old page beside the user's own files")
+    assert main(["report", str(runs[1]), "--output", str(tmp_path)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "report.html"]
+
+
+@pytest.mark.parametrize("summary", ['{"best": "x"}', '{"final": null}', '{"validators": [1]}', "[]"])
+def test_a_summary_of_the_wrong_shape_is_named(runs: tuple[Path, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture, summary: str):
+    damaged = tmp_path / "run"
+    shutil.copytree(runs[0], damaged)
+    (damaged / "summary.json").write_text(summary)
+    assert main(["report", str(damaged), "--output", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert f"{damaged / 'summary.json'}: " in err and "not a summary that training wrote" in err
+    assert "Traceback" not in err and not (tmp_path / "report").exists()
 
 
 def test_without_matplotlib_exits_2_with_the_install_hint(runs: tuple[Path, Path], tmp_path: Path,

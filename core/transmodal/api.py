@@ -16,8 +16,9 @@ def train(
     experiment: Experiment | Mapping[str, Any] | str | os.PathLike[str],
     quiet: bool = False,
     plugins: Plugins | None = None,
-    run_dir: Path | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Train a new run from an ``Experiment``, a dict shaped like the YAML config, or a YAML file's path;
-    returns the run's summary and its directory."""
+    returns the run's summary and its directory (``run_dir``, a new or empty folder, else a new one in
+    ``output.dir``)."""
     return run.train(as_experiment(experiment), quiet=quiet, plugins=plugins, run_dir=run_dir)

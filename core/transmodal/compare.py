@@ -76,7 +76,7 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
         if not isinstance(config, dict):
             raise ConfigError(f"{path / 'config.yaml'} holds no experiment (a mapping of sections); the run cannot be "
                               f"told apart from the others")
-        problem = _summary_problem(summary)
+        problem = summary_problem(summary)
         if problem is not None:
             raise ConfigError(f"{path / 'summary.json'}: {problem}; it is not a summary that training wrote")
         settings = _flatten(config)
@@ -87,24 +87,34 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
     return runs
 
 
-def _summary_problem(summary: Any) -> str | None:
-    """What keeps ``summary`` from being read as a run's results, or None: the table reads each metric of each
-    split under "best", and of "target/test" under "oracle"."""
+def summary_problem(summary: Any) -> str | None:
+    """What keeps ``summary`` (a run's summary.json) from being read as training wrote it, or None: each split
+    under "best", "final" and the oracle's "target/test" holds a number for each metric, the oracle and each
+    validator's choice an epoch."""
     if not isinstance(summary, dict):
         return "it is not a JSON object"
-    parts = {"best": summary.get("best", {})}
-    if "oracle" in summary:
-        oracle = summary["oracle"]
-        parts["oracle"] = {"target/test": oracle.get("target/test")} if isinstance(oracle, dict) else oracle
+    parts = {part: summary.get(part, {}) for part in ("best", "final")}
+    oracle = summary.get("oracle", {})
+    if not isinstance(oracle, dict) or ("epoch" in oracle and not _is_number(oracle["epoch"])):
+        return "its 'oracle' is not a mapping with an epoch"
+    if oracle:
+        parts["oracle"] = {"target/test": oracle.get("target/test")}
     for part, splits in parts.items():
         if not isinstance(splits, dict):
             return f"its '{part}' is not a mapping of splits to metrics"
         for split, metrics in splits.items():
-            if not isinstance(metrics, dict) or not all(
-                    isinstance(metrics.get(name), int | float) and not isinstance(metrics.get(name), bool)
-                    for name in METRICS):
+            if not isinstance(metrics, dict) or not all(_is_number(metrics.get(name)) for name in METRICS):
                 return f"'{part}' split '{split}' lacks a number for each of {', '.join(METRICS)}"
+    validators = summary.get("validators", {})
+    choices = validators.get("by_validator", {}) if isinstance(validators, dict) else None
+    if not isinstance(choices, dict) or not all(isinstance(c, dict) and _is_number(c.get("epoch"))
+                                                for c in choices.values()):
+        return "its 'validators' is not a mapping of each validator to the epoch it chose"
     return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _ignored(key: str) -> bool:

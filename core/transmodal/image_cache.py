@@ -22,6 +22,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -46,6 +47,18 @@ CHUNK = 64  # files per worker task: large enough to amortise the task's overhea
 QUEUED_PER_WORKER = 4  # tasks queued per worker process: keeps them busy without making every task up front
 
 DECODER = "pillow-rgb-bilinear-centre-crop"  # part of the key: change it when decode_rgb's output changes
+
+
+_ENTRY_NAME = re.compile(rf"{ENTRY_PREFIX}[0-9a-f]{{32}}")
+_TEMPORARY_NAME = re.compile(rf"\.tmp-{ENTRY_PREFIX}[0-9a-f]{{32}}-\d+-[0-9a-f]{{8}}")
+
+
+def _is_cache_folder(path: Path, name: re.Pattern[str]) -> bool:
+    """Whether ``path`` is a folder this cache wrote: its name, and nothing in it but an entry's files."""
+    if not name.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
+        return False
+    return all(child.name in (IMAGES, STATUS, HEADER) and child.is_file() and not child.is_symlink()
+               for child in path.iterdir())
 
 
 def default_cache_dir() -> Path:
@@ -111,6 +124,8 @@ class ImageCache:
             return []
         found = []
         for path in sorted(self.root.glob(f"{ENTRY_PREFIX}*")):
+            if not _is_cache_folder(path, _ENTRY_NAME):
+                continue
             try:
                 header = json.loads((path / HEADER).read_text())
             except (OSError, ValueError):
@@ -119,12 +134,16 @@ class ImageCache:
         return found
 
     def clear(self) -> int:
-        """Remove every entry and leftover temporary folder; returns the bytes freed. Nothing else is touched,
-        so a cache folder shared with other files is safe to clear."""
+        """Remove every entry and leftover temporary folder; returns the bytes freed. Nothing else is touched, so
+        a cache folder shared with other files is safe to clear: a folder is removed only if its name is an entry's
+        (``images-`` and a 32-digit key) and it holds nothing but an entry's files."""
         if not self.root.is_dir():
             return 0
         freed = 0
-        for path in [*self.root.glob(f"{ENTRY_PREFIX}*"), *self.root.glob(f".tmp-{ENTRY_PREFIX}*")]:
+        candidates = [*self.root.glob(f"{ENTRY_PREFIX}*"), *self.root.glob(f".tmp-{ENTRY_PREFIX}*")]
+        for path in candidates:
+            if not (_is_cache_folder(path, _ENTRY_NAME) or _is_cache_folder(path, _TEMPORARY_NAME)):
+                continue
             freed += sum(f.stat().st_size for f in path.iterdir() if f.is_file())
             shutil.rmtree(path, ignore_errors=True)
         return freed

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from transmodal.compare import summary_problem
 from transmodal.errors import ConfigError, TransmodalError
 from transmodal.report_measures import SAMPLES, Measures
 from transmodal.run_dir import read_metrics
@@ -106,7 +107,10 @@ def _read_run(path: Path, label: str) -> Run:
         summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # absent while training; the curves do without it
         summary = {}
-    return Run(path, label, records, summary if isinstance(summary, dict) else {})
+    problem = summary_problem(summary)
+    if problem is not None:
+        raise ConfigError(f"{path / 'summary.json'}: {problem}; it is not a summary that training wrote")
+    return Run(path, label, records, summary)
 
 
 def _destination(output: Path) -> Path:
@@ -116,10 +120,20 @@ def _destination(output: Path) -> Path:
         raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file; choose a folder")
-    if output.is_dir() and any(output.iterdir()) and not (output / PAGE).is_file():
-        raise ConfigError(f"--output {output} is a folder that holds no report (no {PAGE}), so it is not "
-                          f"replaced; choose a new folder")
+    if output.is_dir() and not _holds_only_a_report(output):
+        raise ConfigError(f"--output {output} is a folder that holds more than a report ({PAGE} and its .png "
+                          f"figures), so it is not replaced; choose a new folder")
     return output
+
+
+def _holds_only_a_report(folder: Path) -> bool:
+    """Empty, or what a report writes and nothing else: the page and its figures, all plain files."""
+    children = list(folder.iterdir())
+    if not children:
+        return True
+    return (folder / PAGE).is_file() and all(
+        child.is_file() and not child.is_symlink() and (child.name == PAGE or child.suffix == ".png")
+        for child in children)
 
 
 def _replace(output: Path, temporary: Path) -> None:

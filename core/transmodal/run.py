@@ -10,6 +10,7 @@ the experiment's ``validator``), ``tokenizers/`` and ``summary.json``.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from transmodal.experiment import assemble
 from transmodal.loggers import check_loggers, trim_logs
 from transmodal.plugins import Plugins
 from transmodal.run_dir import (
-    CHECKPOINTS, METRICS, create_run_dir, keep_metrics_until, load_run_experiment, read_metrics,
+    CHECKPOINTS, METRICS, create_run_dir, given_run_dir, keep_metrics_until, load_run_experiment, read_metrics,
     remove_temporary_checkpoints, write_text_atomic,
 )
 from transmodal.trained_model import model_info, write_model_info
@@ -51,17 +52,18 @@ def _seed_rank(experiment: Experiment, world: World) -> None:
 
 
 def train(
-    experiment: Experiment, quiet: bool = False, plugins: Plugins | None = None, run_dir: Path | None = None
+    experiment: Experiment, quiet: bool = False, plugins: Plugins | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Train a new run; returns its summary and run directory. Under torchrun every process calls this, and rank 0
-    alone writes the run directory."""
+    """Train a new run; returns its summary and run directory (``run_dir``, a new or empty folder, else a new one in
+    ``output.dir``). Under torchrun every process calls this, and rank 0 alone writes the run directory."""
     _configure_threads(experiment)
     with process_group(experiment.trainer, resolve_device(experiment.trainer.device)) as world:
         return _train(experiment, world, quiet, plugins, run_dir)
 
 
 def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins | None,
-           run_dir: Path | None) -> tuple[dict[str, Any], Path]:
+           run_dir: str | os.PathLike[str] | None) -> tuple[dict[str, Any], Path]:
     quiet = quiet or not world.is_main
     check_loggers(experiment.output.loggers)  # before anything is built or written
     seed_everything(experiment.trainer.seed)
@@ -84,12 +86,12 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
     return _fit(trainer, run_dir), run_dir
 
 
-def _shared_run_dir(experiment: Experiment, world: World, run_dir: Path | None) -> Path:
+def _shared_run_dir(experiment: Experiment, world: World, run_dir: str | os.PathLike[str] | None) -> Path:
     """Rank 0 claims the run directory (``run_dir``, or a new one); every rank gets its path, or rank 0's error."""
     claimed: Path | RunDirectoryError | None = None
     if world.is_main:
         try:
-            claimed = run_dir or create_run_dir(experiment)
+            claimed = given_run_dir(run_dir) if run_dir is not None else create_run_dir(experiment)
         except RunDirectoryError as error:
             claimed = error
     claimed = world.from_main(claimed)

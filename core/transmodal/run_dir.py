@@ -82,6 +82,20 @@ def create_run_dir(experiment: Experiment) -> Path:
     raise RunDirectoryError(f"output.dir {parent}: {_MAX_CLASHES} run directories named {stem}* exist already")
 
 
+def given_run_dir(path: str | os.PathLike[str]) -> Path:
+    """A run directory the caller chose (``transmodal.train(..., run_dir=...)``): a new folder, or an empty one.
+    One holding anything (another run's results) is refused rather than written over."""
+    run_dir = Path(path).expanduser()
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunDirectoryError(f"run_dir {run_dir} is not an empty folder; a new run needs a new or empty one (to "
+                                f"continue a run, resume it: transmodal train --resume {run_dir})")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirectoryError(f"run_dir {run_dir} cannot be created: {error.strerror}") from None
+    return run_dir
+
+
 def _usable_parent(parent: Path) -> Path:
     """``output.dir``, created if missing; a path that is not a folder or cannot be written to is refused before
     any training starts."""
