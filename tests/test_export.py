@@ -71,6 +71,32 @@ def test_export_refuses_an_existing_folder_and_leaves_nothing_half_written(run_d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_export_refuses_a_domain_it_cannot_serve_and_a_place_it_cannot_write(run_dir, tmp_path, capsys):
+    trained = transmodal.load(run_dir)
+    with pytest.raises(transmodal.ConfigError, match="domain 'foo': a model serves the source or the target"):
+        trained.export(tmp_path / "foo", "torchscript", "foo")  # type: ignore[arg-type]
+    with pytest.raises(transmodal.ConfigError, match="domain 'Target'"):
+        trained.predict(["a calm red circle"], domain="Target")
+    (tmp_path / "a-file").write_text("")
+    assert main(["export", str(run_dir), "--output", str(tmp_path / "a-file" / "bundle")]) == 2
+    assert f"{tmp_path / 'a-file'} is not a folder" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--output", "/proc/bundle"]) == 2
+    assert "cannot write in /proc" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_an_exported_bundle_is_readable_by_others_as_a_plain_copy_would_be(run_dir, tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        bundle = transmodal.load(run_dir).export(tmp_path / "ts", "torchscript")
+    finally:
+        os.umask(umask)
+    for path in [bundle, *bundle.rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+
+
 def test_onnx_matches_pytorch_with_onnxruntime(run_dir, tmp_path, capsys):
     """One export for the target domain (its own BatchNorm statistics built in), run by onnxruntime."""
     for package in ("onnx", "onnxscript", "onnxruntime"):

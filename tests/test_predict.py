@@ -111,6 +111,8 @@ def test_missing_modalities_are_absent_not_zero_filled_inputs(trained):
     (["hello", "--output", "{tmp}"], "is a folder; name the file to write"),
     (["hello", "--output", ""], "is a folder; name the file to write"),
     (["hello", "--output", "/proc/predictions.csv"], "cannot write it"),
+    (["hello", "--output", "{tmp}/predictions.json"], "predictions are written as .csv or .jsonl"),
+    (["hello", "--device", "mps"], "'mps' is not supported; use auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys, arguments, message):
     run_dir, data = trained
@@ -192,6 +194,25 @@ def test_python_api_refuses_a_wrong_modality_name(trained):
     run_dir, _ = trained
     with pytest.raises(InputError, match="no modality caption"):
         transmodal.load(run_dir).predict({"caption": ["hello"]})
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (torch.zeros(2, 3, 32, 32), "input 1 is a Tensor: give file paths or texts"),
+    ([1, 2], "input 1 is a int"),
+    ([None], "input 1 is a NoneType"),
+    (b"abc", "input 1 is a int"),
+    ({"text": "a calm red circle"}, "'text': give a list with one value per sample, not a str"),
+    ({"text": [5]}, "a text is given as a str, not int"),
+])
+def test_python_api_refuses_inputs_it_would_misread(trained, inputs, message):
+    with pytest.raises(InputError, match=message):
+        transmodal.load(trained[0]).predict(inputs)
+
+
+def test_a_long_text_or_one_starting_with_a_tilde_is_a_text_not_a_path(trained):
+    model = transmodal.load(trained[0])
+    for text in ("circle " * 60, "~nobody-by-this-name said circle"):
+        assert len(model.predict([text])) == 1
 
 
 def test_python_api_takes_image_tensors_as_the_files_they_were_decoded_from(trained):

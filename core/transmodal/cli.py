@@ -455,7 +455,7 @@ def _predict(args: argparse.Namespace) -> int:
     from transmodal.trained_model import load
 
     if args.output is not None:
-        check_output(args.output)
+        check_output(args.output, args.output_format)
     trained = load(args.run_dir, args.checkpoint, args.device)
     records = trained.predict(args.inputs, modality=args.modality, top_k=args.top_k, batch_size=args.batch_size,
                               domain=args.domain)

@@ -40,6 +40,7 @@ from transmodal.devices import resolve_device
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import tokenizer_for
 from transmodal.plugins import Plugins, get_plugins
+from transmodal.run_dir import open_up
 from transmodal.trained_model import (
     MODEL_INFO, TOKENIZERS, Domain, TrainedModel, build_trained_model, model_info, read_model_info,
     write_model_info,
@@ -85,16 +86,23 @@ def export(trained: TrainedModel, directory: Path, format: str = "safetensors", 
                           "safetensors bundle keeps both domains' (choose the domain when predicting)")
     if not isinstance(trained.model, nn.Module) or isinstance(trained.model, torch.jit.ScriptModule):
         raise ConfigError("this model was loaded from a TorchScript or ONNX bundle; export from its run directory")
+    trained.check_domain(domain)
     if format == "onnx":
         _onnxruntime()
     directory = directory.expanduser()
     if directory.exists():
         raise ConfigError(f"--output {directory} already exists; choose a new folder")
     if not directory.parent.is_dir():
-        raise ConfigError(f"--output {directory}: the folder {directory.parent} does not exist")
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        problem = "is not a folder" if directory.parent.exists() else "does not exist"
+        raise ConfigError(f"--output {directory}: {directory.parent} {problem}")
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    except OSError as error:
+        raise ConfigError(f"--output {directory}: cannot write in {directory.parent} ({error.strerror}); choose "
+                          f"a folder you can write to") from None
     try:
         _write_bundle(trained, temporary, format, domain)
+        open_up(temporary)
         temporary.rename(directory)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -66,25 +66,44 @@ def read_inputs(trained: TrainedModel, inputs: Any, modality: str | None = None)
     items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     if not items:
         raise InputError("no inputs given: name image files, a folder, texts, a .txt file or a manifest")
+    wrong = next((index for index, item in enumerate(items) if not isinstance(item, str | Path)), None)
+    if wrong is not None:
+        raise InputError(f"input {wrong + 1} is a {type(items[wrong]).__name__}: give file paths or texts (str), or a "
+                         f"mapping of each modality to its values, one per sample (e.g. {{'image': [tensor, ...]}})")
     blank = next((index for index, item in enumerate(items) if isinstance(item, str) and not item.strip()), None)
     if blank is not None:  # as a path, '' would be the working directory and every image below it
         raise InputError(f"input {blank + 1} is an empty string: give a file, a folder or a text with words")
-    paths = [Path(item).expanduser() if isinstance(item, str | Path) else None for item in items]
-    if len(items) == 1 and paths[0] is not None and paths[0].suffix.lower() in FORMATS:
+    paths = [_as_path(item) for item in items]
+    if len(items) == 1 and paths[0].suffix.lower() in FORMATS:
         return read_manifest(trained, paths[0])
-    if all(path is not None and (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES) for path in paths):
+    if all(_is_dir(path) or path.suffix.lower() in IMAGE_SUFFIXES for path in paths):
         files = [file for path in paths for file in _image_files(path)]
         return Inputs([str(file) for file in files], {_modality_for(trained, "image", modality): list(files)})
-    if len(items) == 1 and paths[0] is not None and paths[0].suffix.lower() in TEXT_FILE_SUFFIXES:
+    if len(items) == 1 and paths[0].suffix.lower() in TEXT_FILE_SUFFIXES:
         texts = _text_lines(paths[0])
         return Inputs([f"{paths[0]}:{line}" for line, _ in texts],
                       {_modality_for(trained, "text", modality): [text for _, text in texts]})
     for item, path in zip(items, paths):
-        if path is not None and path.suffix.lower() in IMAGE_SUFFIXES | set(FORMATS):
+        if path.suffix.lower() in IMAGE_SUFFIXES | set(FORMATS):
             raise InputError(f"{item} is a file name, mixed with texts; give files and texts in separate calls")
     texts = [str(item) for item in items]
     return Inputs([f"text:{index + 1}" for index in range(len(texts))],
                   {_modality_for(trained, "text", modality): texts})
+
+
+def _as_path(item: str | Path) -> Path:
+    """``item`` as a path, ``~`` expanded where it names a home folder (a text may begin with one that does not)."""
+    try:
+        return Path(item).expanduser()
+    except RuntimeError:
+        return Path(item)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a text longer than a file name may be, read as a path
+        return False
 
 
 def _modality_for(trained: TrainedModel, kind: str, named: str | None) -> str:
@@ -236,6 +255,9 @@ def _from_mapping(trained: TrainedModel, inputs: Mapping[str, Sequence[Any]]) ->
     unknown = [name for name in inputs if name not in trained.modalities]
     if unknown:
         raise InputError(f"no modality {', '.join(map(str, unknown))}: the model's modalities are {_describe(trained)}")
+    for name, column in inputs.items():
+        if isinstance(column, str | bytes) or not isinstance(column, Sequence | torch.Tensor):
+            raise InputError(f"'{name}': give a list with one value per sample, not a {type(column).__name__}")
     sizes = {name: len(values) for name, values in inputs.items()}
     if len(set(sizes.values())) != 1:
         raise InputError(f"every modality needs one value per sample; got {sizes}")
@@ -248,6 +270,8 @@ def _value(spec: ModalitySpec, value: Any) -> Any:
     if value is None or (spec.kind == "tabular" and isinstance(value, Mapping)
                          and all(map(is_missing, value.values()))):
         return None
+    if spec.kind == "text" and not isinstance(value, str):
+        raise InputError(f"a text is given as a str, not {type(value).__name__}")
     if spec.kind != "image" or isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (str, os.PathLike)):
@@ -383,8 +407,8 @@ def write_records(records: list[dict[str, Any]], output: Path | None, output_for
     if output is None:
         sys.stdout.write(format_records(records, output_format or "csv"))
         return
-    chosen = output_format or ("jsonl" if output.suffix.lower() in (".jsonl", ".ndjson") else "csv")
-    check_output(output)
+    check_output(output, output_format)
+    chosen = output_format or OUTPUT_SUFFIXES[output.suffix.lower()]
     try:
         write_text_atomic(output, format_records(records, chosen))
     except OSError as error:
@@ -392,9 +416,15 @@ def write_records(records: list[dict[str, Any]], output: Path | None, output_for
                          f"you can write to") from None
 
 
-def check_output(output: Path) -> None:
-    """Refuse an ``--output`` that cannot be a file before any prediction is made."""
+OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def check_output(output: Path, output_format: str | None = None) -> None:
+    """Refuse an ``--output`` that cannot be a file, or whose format is not said, before any prediction is made."""
     if output.is_dir() or not output.name:
         raise InputError(f"--output {output}: is a folder; name the file to write, e.g. {output / 'predictions.csv'}")
     if not output.parent.is_dir():
         raise InputError(f"--output {output}: the folder {output.parent} does not exist")
+    if output_format is None and output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"--output {output}: predictions are written as .csv or .jsonl; name such a file, or give "
+                         f"--format csv or --format jsonl")

@@ -28,7 +28,7 @@ from typing import Any
 from transmodal.compare import summary_problem
 from transmodal.errors import ConfigError, TransmodalError
 from transmodal.report_measures import SAMPLES, Measures
-from transmodal.run_dir import read_metrics
+from transmodal.run_dir import open_up, read_metrics
 
 PAGE = "report.html"
 INSTALL_HINT = 'pip install "transmodal[report]"'
@@ -67,12 +67,16 @@ def write_report(run_dirs: Sequence[Path], output: Path | None = None, samples: 
     runs = [_read_run(path, label) for path, label in zip(run_dirs, _labels(run_dirs))]
     output = _destination(output or run_dirs[0] / "report")
     evaluation = _best_evaluation(runs[0], samples) if len(runs) == 1 else None
-    temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as error:
+        raise ConfigError(f"--output {output}: cannot write in {output.parent} ({error.strerror}); choose a folder "
+                          f"you can write to") from None
     try:
         body = (_run_page(runs[0], evaluation, plots, temporary) if evaluation is not None
                 else _comparison_page(runs, plots, temporary))
         (temporary / PAGE).write_text(_document(body), encoding="utf-8")
-        temporary.chmod(0o755)  # mkdtemp's folder is private; a report is made to be read
+        open_up(temporary)  # mkdtemp's folder is private; a report is made to be read
         _replace(output, temporary)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -28,10 +28,23 @@ def temporary_beside(path: Path) -> tuple[int, str]:
     ``open`` would give it (``mkstemp`` makes it readable by its owner alone)."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     if hasattr(os, "fchmod"):  # POSIX; on Windows, mkstemp's file is no more private than any other
-        umask = os.umask(0)  # read by setting it: there is no other way
-        os.umask(umask)
-        os.fchmod(handle, 0o666 & ~umask)
+        os.fchmod(handle, 0o666 & ~_umask())
     return handle, temporary
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # read by setting it: there is no other way
+    os.umask(umask)
+    return umask
+
+
+def open_up(folder: Path) -> None:
+    """Give a folder made by ``mkdtemp`` (private to its owner) and everything in it the permissions that
+    ``mkdir`` and ``open`` would have given them: what is written to be shared, a report or an exported model."""
+    umask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -93,6 +93,8 @@ class TrainedModel:
 
     def check_domain(self, domain: Domain) -> None:
         """Refuse a domain this model cannot serve as its evaluation did, rather than serve it differently."""
+        if domain not in ("source", "target"):
+            raise ConfigError(f"domain '{domain}': a model serves the source or the target domain")
         if self.traced_domain is not None and domain != self.traced_domain:
             raise ConfigError(f"this bundle was exported for the {self.traced_domain} domain; predict "
                               f"with domain {self.traced_domain}, or export again with --domain {domain}")
