@@ -303,6 +303,9 @@ def test_export_then_train_from_the_manifest(tmp_path, exported, capsys):
     capsys.readouterr()
     assert main(["data", "export", "synthetic-shapes", str(exported.parent)]) == 2  # never overwrites
     assert "manifest.csv exists" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["data", "export", "synthetic-shapes", str(tmp_path / "a-file")]) == 2
+    assert f"{tmp_path / 'a-file'}: cannot make the folder there" in capsys.readouterr().err
 
 
 def test_memory_mapped_split_trains_to_the_same_losses(tmp_path, exported):

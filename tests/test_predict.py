@@ -209,6 +209,12 @@ def test_python_api_refuses_inputs_it_would_misread(trained, inputs, message):
         transmodal.load(trained[0]).predict(inputs)
 
 
+@pytest.mark.parametrize("option", [{"top_k": "3"}, {"top_k": 0}, {"batch_size": 2.5}, {"batch_size": True}])
+def test_python_api_refuses_a_count_that_is_not_a_positive_whole_number(trained, option):
+    with pytest.raises(InputError, match="must be a whole number of at least 1"):
+        transmodal.load(trained[0]).predict(["a calm red circle"], **option)
+
+
 def test_a_long_text_or_one_starting_with_a_tilde_is_a_text_not_a_path(trained):
     model = transmodal.load(trained[0])
     for text in ("circle " * 60, "~nobody-by-this-name said circle"):

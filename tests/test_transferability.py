@@ -159,6 +159,16 @@ def test_hscore_shrinkage_is_ledoit_wolf():
     assert hscore(features, labels, shrinkage=0.0) == pytest.approx(hscore(features, labels), rel=1e-9)
 
 
+def test_ledoit_wolf_shrinkage_stays_in_range_where_its_spread_is_zero():
+    """Two samples: each centred outer product equals the covariance, so the spread is 0 and the expansion of
+    ||x x^T - S||^2 rounds it to either side of 0; the intensity must stay in [0, 1] (rank scores 2 samples)."""
+    for seed in range(20):
+        features = torch.randn(2, 16, dtype=F64, generator=torch.Generator().manual_seed(seed)) * 100 + 5
+        amount = ledoit_wolf_shrinkage(features - features.mean(dim=0))
+        assert 0.0 <= amount <= 1e-9
+        hscore(features, torch.tensor([0, 1]), shrinkage="ledoit-wolf")
+
+
 def test_gaussian_mixture_posteriors_find_separated_clusters():
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(3).repeat_interleave(40)

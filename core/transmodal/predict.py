@@ -365,10 +365,9 @@ def predict(
     """One record per sample: its ``input`` name, the ``prediction`` (class name), its ``probability`` and the
     ``top_k`` classes with their probabilities, best first. ``domain`` chooses the BatchNorm statistics that
     per-domain BatchNorm kept for each domain (source: as trained; target: the target's)."""
-    if top_k < 1:
-        raise InputError(f"top_k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
     trained.check_domain(domain)
     read = read_inputs(trained, inputs, modality)
     k = min(top_k, len(trained.classes))

@@ -269,7 +269,7 @@ def ledoit_wolf_shrinkage(centred: torch.Tensor) -> float:
         return 0.0
     norms = (x**2).sum(dim=1)
     spread = float((norms**2 - 2 * ((x @ covariance) * x).sum(dim=1) + (covariance**2).sum()).sum()) / n**2
-    return min(spread, distance) / distance
+    return min(max(spread, 0.0), distance) / distance  # the expansion can round a zero spread to just below it
 
 
 # -- comparing rankings ---------------------------------------------------------------------------------------

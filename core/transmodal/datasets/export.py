@@ -25,6 +25,12 @@ def export_synthetic_shapes(directory: Path, params: SyntheticShapesParams) -> t
     manifest = directory / MANIFEST
     if manifest.exists():
         raise ConfigError(f"{manifest} exists; export into another folder, or delete it first")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, a read-only place
+        raise ConfigError(f"{directory}: cannot make the folder there ({error.strerror}); choose another") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{directory}: cannot write into it; choose a folder you can write to")
     bundle = build_synthetic_shapes(params)
     parts: list[tuple[str, str, Split | None, bool]] = [
         ("source", "train", bundle.train, True),
