@@ -114,6 +114,8 @@ def test_evaluate_a_saved_run_and_drop_a_modality(tiny):
     assert without_text["source/val"]["accuracy"] != metrics["source/val"]["accuracy"]
     with pytest.raises(CheckpointError, match="modalities are image, text"):
         evaluate_run(run_dir, drop_modalities=("audio",))
+    with pytest.raises(ConfigError, match="dropping every modality .* leaves the model no input"):
+        evaluate_run(run_dir, drop_modalities=("image", "text"))
 
 
 def test_checkpoints_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -75,6 +75,7 @@ def test_grid_mistakes_are_refused_before_any_run(tmp_path: Path, capsys: pytest
     assert not (tmp_path / "runs").exists()
     for bad, message in ((["--over", "trainer.seed=1,2"], "--seeds"), (["--over", "optimizer.lr"], "--over expects"),
                          (["--over", "optimizer.lr=1,1"], "distinct"), (["--seeds", "1", "1"], "each seed once"),
+                         (["--over", "trainer.batch_size=64,0x40"], "64 and 0x40 are one value"),
                          (["--seeds", "0", "--resume", str(tmp_path)], "--resume")):
         assert main(["train", str(config), *bad]) == 2
         assert message in capsys.readouterr().err

@@ -486,7 +486,12 @@ def _write_report(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise ConfigError(f"--samples {args.samples}: give a positive number of samples per split")
-    page = write_report([_existing_run_dir(path) for path in args.run_dirs], args.output, args.samples)
+    run_dirs = [_existing_run_dir(path) for path in args.run_dirs]
+    resolved = [path.resolve() for path in run_dirs]
+    repeated = next((path for path, where in zip(run_dirs, resolved) if resolved.count(where) > 1), None)
+    if repeated is not None:
+        raise ConfigError(f"{repeated} is named twice; a report compares different runs")
+    page = write_report(run_dirs, args.output, args.samples)
     print(f"report: {page}")
     return EXIT_OK
 

@@ -14,6 +14,7 @@ written. This module does not import torch, except to count GPUs when the experi
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from transmodal.config import (
     Experiment, NAME_MAX_BYTES, load_experiment, validate_components,
 )
 from transmodal.errors import ConfigError, TransmodalError
+from transmodal.yaml_limits import parse_yaml
 
 # Keys --over may not vary: the grid sets them itself.
 _GRID_KEYS = {"trainer.seed": "--seeds", "output.name": "the grid's naming", "output.dir": "--set output.dir=..."}
@@ -88,10 +90,19 @@ def parse_over(over: Sequence[str]) -> list[tuple[str, list[str]]]:
         if key in (k for k, _ in parsed):
             raise ConfigError(f"--over {key} is given twice; list all its values once: --over {key}=a,b")
         values = split_values(text)
-        if any(not value for value in values) or len(set(values)) != len(values):
-            raise ConfigError(f"--over {item}: values must be non-empty and distinct")
+        if any(not value for value in values) or len(set(map(_as_read, values))) != len(values):
+            raise ConfigError(f"--over {item}: values must be non-empty and distinct (as YAML reads them: 64 and "
+                              f"0x40 are one value)")
         parsed.append((key, values))
     return parsed
+
+
+def _as_read(value: str) -> str:
+    """``value`` as the config will hold it, in a form that compares: what --set makes of it."""
+    try:
+        return json.dumps(parse_yaml(value, "--over"), sort_keys=True, default=str)
+    except ConfigError:
+        return json.dumps(value)
 
 
 def _name_part(key: str, value: str) -> str:

@@ -249,3 +249,6 @@ def check_modalities(trainer: Trainer, drop_modalities: tuple[str, ...]) -> None
         raise CheckpointError(
             f"--drop-modality {', '.join(unknown)}: the model's modalities are {', '.join(trainer.model.modalities)}"
         )
+    if set(trainer.model.modalities) <= set(drop_modalities):
+        raise ConfigError(f"--drop-modality: dropping every modality ({', '.join(trainer.model.modalities)}) leaves "
+                          f"the model no input to classify; keep at least one")
