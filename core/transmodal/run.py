@@ -59,11 +59,12 @@ def train(
     ``output.dir``). Under torchrun every process calls this, and rank 0 alone writes the run directory."""
     _configure_threads(experiment)
     with process_group(experiment.trainer, resolve_device(experiment.trainer.device)) as world:
-        return _train(experiment, world, quiet, plugins, run_dir)
+        return _train(experiment, world, quiet, plugins, run_dir, new=True)
 
 
 def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins | None,
-           run_dir: str | os.PathLike[str] | None) -> tuple[dict[str, Any], Path]:
+           run_dir: str | os.PathLike[str] | None, new: bool) -> tuple[dict[str, Any], Path]:
+    """``new``: ``run_dir`` was given for a new run (it must be new or empty), not a run to train again."""
     quiet = quiet or not world.is_main
     check_loggers(experiment.output.loggers)  # before anything is built or written
     seed_everything(experiment.trainer.seed)
@@ -71,7 +72,7 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
     # Built before the run directory: config errors leave nothing.
     trainer = Trainer(assembled, quiet=quiet, world=world)
     _seed_rank(experiment, world)
-    run_dir = _shared_run_dir(experiment, world, run_dir)
+    run_dir = _shared_run_dir(experiment, world, run_dir, new)
     trainer.run_dir = run_dir
     if world.is_main:
         config = resolved_config(experiment, assembled.components)
@@ -86,12 +87,15 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
     return _fit(trainer, run_dir), run_dir
 
 
-def _shared_run_dir(experiment: Experiment, world: World, run_dir: str | os.PathLike[str] | None) -> Path:
+def _shared_run_dir(experiment: Experiment, world: World, run_dir: str | os.PathLike[str] | None, new: bool) -> Path:
     """Rank 0 claims the run directory (``run_dir``, or a new one); every rank gets its path, or rank 0's error."""
     claimed: Path | RunDirectoryError | None = None
     if world.is_main:
         try:
-            claimed = given_run_dir(run_dir) if run_dir is not None else create_run_dir(experiment)
+            if run_dir is None:
+                claimed = create_run_dir(experiment)
+            else:
+                claimed = given_run_dir(run_dir) if new else Path(run_dir)
         except RunDirectoryError as error:
             claimed = error
     claimed = world.from_main(claimed)
@@ -143,7 +147,7 @@ def _resume(run_dir: Path, experiment: Experiment, world: World, quiet: bool,
             trim_logs(run_dir, 0, 0)
             _notice(f"{run_dir} stopped before its first checkpoint; training it from the beginning with its "
                     f"saved config")
-        summary, _ = _train(experiment, world, quiet, plugins, run_dir)
+        summary, _ = _train(experiment, world, quiet, plugins, run_dir, new=False)
         return summary
     state = read_checkpoint(path, resumable=True)
     processes = state.get("world_size", 1)  # absent from checkpoints of runs before torchrun support: one process
