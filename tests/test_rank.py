@@ -68,6 +68,14 @@ def test_the_test_split_is_scored_only_when_asked(tmp_path: Path, capsys: pytest
     assert list(report["candidates"][0]["scores"]) == ["logme"]
 
 
+def test_the_python_api_takes_one_name_where_a_list_belongs(tmp_path: Path):
+    """``rank(config, "small-cnn", metrics="logme")``: one candidate and one score, not one per letter."""
+    config = write_config(tmp_path, *[item for item in SMALL if item != "--set"])
+    ranking = rank(config, "small-cnn", modality="image", metrics="logme", sort_by="logme")
+    assert [c.label for c in ranking.candidates] == ["small-cnn"]
+    assert list(ranking.candidates[0].scores) == ["logme"]
+
+
 def test_a_trained_run_is_a_candidate_with_its_own_head(tmp_path: Path, capsys: pytest.CaptureFixture):
     config = write_config(tmp_path, "output.name=source", "trainer.epochs=1")
     assert main(["train", str(config), "--quiet", *SMALL]) == 0

@@ -257,9 +257,10 @@ def rank(
     from transmodal.devices import resolve_device
 
     experiment = as_experiment(experiment)
-    candidates = _as_candidates(candidates)
+    # One name given where a list belongs would be read letter by letter.
+    candidates = _as_candidates([candidates] if isinstance(candidates, str | os.PathLike) else candidates)
 
-    metrics = tuple(dict.fromkeys(metrics))
+    metrics = tuple(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
     unknown = [m for m in (*metrics, sort_by) if m not in METRICS]
     if unknown or not metrics:
         raise ConfigError(f"unknown score {unknown or metrics}; choose among {', '.join(METRICS)}")
