@@ -166,6 +166,38 @@ def test_a_run_dir_given_to_train_must_be_new_or_empty(tiny, tmp_path: Path):
         assert run_dir == Path(chosen) and (run_dir / "summary.json").is_file()
 
 
+def test_a_run_starts_from_another_runs_weights_and_tokenizers(tiny, tmp_path: Path):
+    from transmodal.initial_weights import read_initial_weights
+
+    _, first = transmodal.train(tiny("trainer.epochs=1", "output.name=first"), quiet=True)
+    # Another vocabulary would be fitted (min_freq 2); the first run's tokenizer is used so its embeddings fit.
+    second = tiny(f"model.init_from={first}", "data.tokenizer={name: word, min_freq: 2}", "output.name=second")
+    initial = read_initial_weights(str(first))
+    assembled = assemble(second, tokenizer_states=initial.tokenizer_states)
+    initial.load_into(assembled.model, assembled.data.bundle.classes)
+    best = load_checkpoint(first / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(tensor, best[name]) for name, tensor in assembled.model.state_dict().items())
+    _, run_dir = transmodal.train(second, quiet=True)
+    assert (run_dir / "tokenizers" / "text.json").read_text() == (first / "tokenizers" / "text.json").read_text()
+    with pytest.raises(CheckpointError, match="was trained on the classes"):
+        initial.load_into(assembled.model, ["angry circle", "calm circle"])
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["model.init_from={tmp}/nowhere"], ConfigError, "model.init_from: no checkpoints/best.pt in"),
+    (["model.init_from={first}", "model.fusion.hidden=16"], CheckpointError, "does not fit this model"),
+])
+def test_init_from_a_run_that_does_not_fit_is_refused_before_a_run_directory(tiny, tmp_path: Path, overrides,
+                                                                             error, message):
+    first = tmp_path / "runs" / "first"
+    if not first.exists():
+        transmodal.train(tiny("trainer.epochs=1", "output.name=first"), quiet=True)
+    experiment = tiny(*[o.format(tmp=tmp_path, first=first) for o in overrides], "output.name=second")
+    with pytest.raises(error, match=message):
+        transmodal.train(experiment, quiet=True)
+    assert not (tmp_path / "runs" / "second").exists()
+
+
 def test_config_errors_found_while_assembling_leave_no_run_directory(tiny, tmp_path: Path):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         transmodal.train(tiny("trainer.precision=fp16", "trainer.device=cpu"), quiet=True)

@@ -599,3 +599,30 @@ def test_layerwise_lr_decays_level_by_level_from_the_head():
 def test_strategies_that_would_overrule_each_other_are_rejected(tiny, adaptation: str, message: str):
     with pytest.raises(ConfigError, match=message):
         assemble(tiny(f"adaptation={adaptation}"))
+
+
+def test_dirt_t_keeps_the_model_near_a_teacher_it_refreshes_and_drops_the_source_labels():
+    model = image_model()
+    strategy = build_strategy("dirt-t", teacher_every=4)
+    assert strategy.task_weight == 0.0 and strategy.needs_unlabelled_target  # Shu et al.'s refinement: target only
+    strategy.setup(model, context())
+    target = {"image": torch.rand(5, 3, 8, 8)}
+    step = StepData(model=model, source={}, source_output=ModelOutput(torch.zeros(1, 3), torch.zeros(1, 6)), step=0,
+                    progress=0.5, target=target, target_output=model(target))
+    # A teacher copied from the model itself: no divergence yet (BatchNorm on the batch's statistics in both).
+    assert float(strategy.loss_terms(step)["teacher"].detach()) == pytest.approx(0.0, abs=1e-6)
+    def head_weight(network: TransmodalModel) -> torch.Tensor:
+        return next(network.head.parameters())
+
+    with torch.no_grad():
+        head_weight(model).add_(1.0)  # the model moves away from its teacher
+    step.target_output = model(target)
+    teacher_probabilities = torch.softmax(strategy.teacher(target).logits, dim=1)
+    expected = (teacher_probabilities * (teacher_probabilities.log()
+                                         - torch.log_softmax(step.target_output.logits, dim=1))).sum(1).mean()
+    assert torch.isclose(strategy.loss_terms(step)["teacher"], 0.01 * expected)
+    strategy.on_step_end(3)  # not yet a refresh
+    assert not torch.equal(head_weight(strategy.teacher), head_weight(model))
+    strategy.on_step_end(4)
+    assert torch.equal(head_weight(strategy.teacher), head_weight(model))
+    assert not head_weight(strategy.teacher).requires_grad

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transmodal.builtin.adaptation.smoothness import (
     VAT,
-    _divergence,
+    kl_divergence,
     perturbable_modules,
 )
 from transmodal.data import ModalitySpec, joint_batch
@@ -96,7 +96,7 @@ def test_the_adversarial_direction_changes_the_prediction_more_than_random_ones(
         direction = torch.randn_like(inputs)
         direction = 2.0 * direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         with strategy._inputs_replaced({"image": inputs + direction}):
-            random_divergences.append(_divergence(reference, model(batch(32, 3)).logits))
+            random_divergences.append(kl_divergence(reference, model(batch(32, 3)).logits))
     random_mean = torch.stack(random_divergences).mean(dim=0)
     assert (adversarial > random_mean).float().mean() > 0.9
 

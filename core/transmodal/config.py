@@ -143,6 +143,11 @@ class ModelConfig(_Strict):
     late_fusion: bool = Field(
         False, description="One head per modality, probabilities averaged over the modalities present."
     )
+    init_from: str | None = Field(
+        None, description="A run directory whose best.pt weights, and tokenizers, a new run starts from instead of "
+        "fresh ones (a second stage: DIRT-T after VADA, or fine-tuning on other data). Its model and classes must "
+        "match this config's; relative to the working directory.",
+    )
 
     @model_validator(mode="after")
     def _some_encoder(self) -> ModelConfig:

@@ -31,6 +31,7 @@ from transmodal.run_dir import (
     CHECKPOINTS, METRICS, create_run_dir, given_run_dir, keep_metrics_until, load_run_experiment, read_metrics,
     remove_temporary_checkpoints, write_text_atomic,
 )
+from transmodal.initial_weights import read_initial_weights
 from transmodal.trained_model import model_info, write_model_info
 from transmodal.trainer import Metrics, Trainer
 
@@ -68,7 +69,10 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
     quiet = quiet or not world.is_main
     check_loggers(experiment.output.loggers)  # before anything is built or written
     seed_everything(experiment.trainer.seed)
-    assembled = assemble(experiment, plugins)
+    initial = read_initial_weights(experiment.model.init_from) if experiment.model.init_from is not None else None
+    assembled = assemble(experiment, plugins, tokenizer_states=initial.tokenizer_states if initial else None)
+    if initial is not None:
+        initial.load_into(assembled.model, assembled.data.bundle.classes)
     # Built before the run directory: config errors leave nothing.
     trainer = Trainer(assembled, quiet=quiet, world=world)
     _seed_rank(experiment, world)

@@ -11,6 +11,7 @@ from transmodal.builtin.adaptation.params import (
     ContrastiveAlignmentParams,
     CoralParams,
     DEVParams,
+    DIRTTParams,
     EntropyMinParams,
     FreezeParams,
     GradualUnfreezeParams,
@@ -55,6 +56,8 @@ def register_strategies(register: Register) -> None:
              "Information maximisation on target predictions (SHOT); diversity 0: plain entropy minimisation.")
     register("mcc", f"{_HERE}.alignment:build_mcc", MCCParams,
              "Minimum class confusion of target predictions (Jin et al., 2020): no discriminator.")
+    register("dirt-t", f"{_HERE}.refinement:build_dirt_t", DIRTTParams,
+             "DIRT-T (Shu et al., 2018): refine a VADA run (model.init_from) on the target alone, near a teacher copy.")
     register("vat", f"{_HERE}.smoothness:build_vat", VATParams,
              "Virtual adversarial training on source and target inputs (Miyato et al., 2018); with entropy-min and "
              "dann, VADA (Shu et al., 2018).")

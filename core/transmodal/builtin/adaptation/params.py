@@ -153,6 +153,16 @@ class PseudoLabelParams(WeightSchedule):
                                                                 "moving average of the model with this decay.")
 
 
+class DIRTTParams(WeightSchedule):
+    """Defaults of Shu et al. (2018): the teacher's term at 0.01, the teacher refreshed every 5,000 steps."""
+
+    weight: float = Field(0.01, ge=0.0, description="Weight of KL(teacher || model) on target batches (0.01: Shu et "
+                                                    "al., 2018).")
+    teacher_every: int = Field(5000, ge=1, description="Steps between refreshes of the teacher from the model "
+                                                       "(5000: Shu et al., 2018; a run shorter than that keeps the "
+                                                       "starting model as its teacher).")
+
+
 class VATParams(BaseModel):
     """Defaults of Shu et al. (2018) for MNIST -> SVHN (VADA): radius 3.5, xi 1e-6, source 1, target 0.01."""
 

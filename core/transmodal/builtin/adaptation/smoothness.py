@@ -22,7 +22,7 @@ def _unit(direction: torch.Tensor) -> torch.Tensor:
     return direction / norms.view(-1, *([1] * (direction.dim() - 1)))
 
 
-def _divergence(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def kl_divergence(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Per row, KL(reference || softmax(logits)) for a fixed distribution ``reference``."""
     log_reference = torch.log(reference.clamp(min=1e-12))
     return (reference * (log_reference - torch.log_softmax(logits.float(), dim=1))).sum(dim=1)
@@ -140,12 +140,12 @@ class VAT(Strategy):
         reference = torch.softmax(logits.detach().float(), dim=1)
         probes = {m: (self.params.xi * _unit(torch.randn_like(x))).requires_grad_() for m, x in inputs.items()}
         with self._inputs_replaced({m: x + probes[m] for m, x in inputs.items()}):
-            probe_loss = _divergence(reference, model(batch).logits).sum()
+            probe_loss = kl_divergence(reference, model(batch).logits).sum()
         gradients = torch.autograd.grad(probe_loss, list(probes.values()))
         adversarial = {m: x + self.params.radius * _unit(g.detach())
                        for (m, x), g in zip(inputs.items(), gradients, strict=True)}
         with self._inputs_replaced(adversarial):
-            return _divergence(reference, model(batch).logits)
+            return kl_divergence(reference, model(batch).logits)
 
     def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
         if not all(self.recorded.values()):  # the trainer's pass recorded nothing: not a training step

@@ -1,0 +1,42 @@
+"""Starting a new run from another run's trained weights (``model.init_from``): a second training stage, such as
+DIRT-T's refinement of a VADA run (Shu et al., 2018), or fine-tuning a trained model on other data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transmodal.checkpoint import read_checkpoint, restoring_from
+from transmodal.errors import CheckpointError, ConfigError
+from transmodal.model import TransmodalModel
+from transmodal.run_dir import CHECKPOINTS
+from transmodal.trainer import load_model_weights
+
+
+@dataclass(frozen=True)
+class InitialWeights:
+    checkpoint: Path
+    state: dict[str, Any]
+
+    @property
+    def tokenizer_states(self) -> dict[str, str]:
+        """The first run's tokenizers: its text embeddings are indexed by their vocabularies."""
+        return dict(self.state["tokenizers"])
+
+    def load_into(self, model: TransmodalModel, classes: list[str]) -> None:
+        if list(self.state["classes"]) != list(classes):
+            raise CheckpointError(f"model.init_from: {self.checkpoint} was trained on the classes "
+                                  f"{list(self.state['classes'])[:10]}, this run's dataset has {classes[:10]}; "
+                                  f"start from a run on the same classes")
+        with restoring_from(self.checkpoint):
+            load_model_weights(model, self.state["model"])
+
+
+def read_initial_weights(run_dir: str) -> InitialWeights:
+    """The weights a run directory kept as ``best.pt`` (the checkpoint its validator chose)."""
+    checkpoint = Path(run_dir).expanduser() / CHECKPOINTS / "best.pt"
+    if not checkpoint.is_file():
+        raise ConfigError(f"model.init_from: no {CHECKPOINTS}/best.pt in {Path(run_dir).expanduser()}; name the run "
+                          f"directory of a run that has saved a checkpoint")
+    return InitialWeights(checkpoint, read_checkpoint(checkpoint))
