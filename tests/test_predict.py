@@ -127,7 +127,7 @@ def test_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys, arguments, m
     assert message in err and "Traceback" not in err
 
 
-def test_a_moved_run_without_its_training_data_evaluates_predicts_and_exports(trained, tmp_path):
+def test_a_moved_run_without_its_training_data_evaluates_predicts_and_exports(trained, tmp_path, capsys):
     run_dir, data = trained
     moved_data = tmp_path / "new-data"
     shutil.copytree(data, moved_data)
@@ -141,6 +141,13 @@ def test_a_moved_run_without_its_training_data_evaluates_predicts_and_exports(tr
         assert transmodal.load(moved).predict(labelled) == original
         assert main(["export", str(moved), "--output", str(tmp_path / "bundle")]) == 0
         assert transmodal.load(tmp_path / "bundle").predict(labelled) == original
+        assert main(["evaluate", str(tmp_path / "bundle"), "--data", str(labelled)]) == 0
+        # a bundle has no splits of its own, and --data is a file
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "bundle")]) == 2
+        assert "is an exported model: it has no dataset" in capsys.readouterr().err
+        assert main(["evaluate", str(moved), "--data", str(moved_data)]) == 2
+        assert "is a folder; give a manifest file" in capsys.readouterr().err
         # ... and the run's own splits, which live in that data, say so instead of failing deep inside
         assert main(["evaluate", str(moved)]) != 0
     finally:

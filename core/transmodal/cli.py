@@ -400,6 +400,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         metrics, header = evaluate_on(args.run_dir, args.data, args.checkpoint, args.domain)
     else:
+        from transmodal.export import is_bundle
+
+        if is_bundle(args.run_dir):
+            raise ConfigError(f"{args.run_dir} is an exported model: it has no dataset or checkpoints of its own; "
+                              f"evaluate it on labelled data with --data FILE")
         metrics, header = run.evaluate_run(_existing_run_dir(args.run_dir), args.checkpoint,
                                            tuple(args.drop_modality), detailed=True,
                                            via=tuple(dict.fromkeys(args.via)))

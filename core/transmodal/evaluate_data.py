@@ -30,6 +30,9 @@ def evaluate_on(
     manifest file (one split, evaluated as ``domain``) or a config file whose dataset's evaluation splits are
     evaluated as their names say (``source/...`` as source, the rest as target)."""
     trained = load(run_dir, checkpoint, plugins=plugins)
+    if data.is_dir():
+        raise InputError(f"--data {data} is a folder; give a manifest file (.csv, .tsv, .jsonl or .parquet) whose rows "
+                         f"name their files and labels")
     if not data.is_file():
         raise InputError(f"--data {data}: no such file")
     if data.suffix.lower() in FORMATS:
