@@ -175,8 +175,13 @@ def test_a_run_starts_from_another_runs_weights_and_tokenizers(tiny, tmp_path: P
     initial = read_initial_weights(str(first))
     assembled = assemble(second, tokenizer_states=initial.tokenizer_states)
     initial.load_into(assembled.model, assembled.data.bundle.classes)
-    best = load_checkpoint(first / "checkpoints" / "best.pt")["model"]
-    assert all(torch.equal(tensor, best[name]) for name, tensor in assembled.model.state_dict().items())
+    best = load_checkpoint(first / "checkpoints" / "best.pt")
+    assert all(torch.equal(tensor, best["model"][name]) for name, tensor in assembled.model.state_dict().items())
+    trainer = transmodal.Trainer(assembled, quiet=True)
+    initial.load_target_statistics(trainer.target_statistics)  # per-domain BatchNorm: the target's, too
+    saved = best["target_batchnorm"]
+    assert all(torch.equal(buffers[name], saved[i][name]) for i, buffers in
+               enumerate(trainer.target_statistics.state_dict()) for name in buffers)
     _, run_dir = transmodal.train(second, quiet=True)
     assert (run_dir / "tokenizers" / "text.json").read_text() == (first / "tokenizers" / "text.json").read_text()
     with pytest.raises(CheckpointError, match="was trained on the classes"):

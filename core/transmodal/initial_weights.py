@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from transmodal.checkpoint import read_checkpoint, restoring_from
+from transmodal.domain_norm import TargetStatistics
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.model import TransmodalModel
 from transmodal.run_dir import CHECKPOINTS
@@ -31,6 +32,17 @@ class InitialWeights:
                                   f"start from a run on the same classes")
         with restoring_from(self.checkpoint):
             load_model_weights(model, self.state["model"])
+
+    def load_target_statistics(self, statistics: TargetStatistics | None) -> None:
+        """With per-domain BatchNorm in both runs, the first run's target statistics too: the target is then
+        normalised from the first step as the first run left it."""
+        if statistics is None or "target_batchnorm" not in self.state:
+            return
+        try:
+            statistics.load_state_dict(self.state["target_batchnorm"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"model.init_from: {self.checkpoint}: its target BatchNorm statistics do not fit "
+                                  f"this model ({error})") from None
 
 
 def read_initial_weights(run_dir: str) -> InitialWeights:

@@ -75,6 +75,8 @@ def _train(experiment: Experiment, world: World, quiet: bool, plugins: Plugins |
         initial.load_into(assembled.model, assembled.data.bundle.classes)
     # Built before the run directory: config errors leave nothing.
     trainer = Trainer(assembled, quiet=quiet, world=world)
+    if initial is not None:
+        initial.load_target_statistics(trainer.target_statistics)
     _seed_rank(experiment, world)
     run_dir = _shared_run_dir(experiment, world, run_dir, new)
     trainer.run_dir = run_dir
