@@ -6,13 +6,14 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 import transmodal
 from conftest import interrupt_training_at
-from transmodal.errors import ConfigError
+from transmodal.errors import ConfigError, RunDirectoryError
 from transmodal.run import resume
 
 STEPS_PER_EPOCH = 256 // 32
@@ -130,4 +131,19 @@ def test_a_run_logged_to_tensorboard_still_evaluates_without_the_package(tiny, m
     metrics, _ = evaluate_run(run_dir)
     assert metrics["target/test"]["accuracy"] == summary["best"]["target/test"]["accuracy"]
     with pytest.raises(ConfigError, match=r"transmodal\[tensorboard\]"):
+        resume(run_dir, quiet=True)
+
+
+def test_a_log_folder_that_cannot_be_written_is_named_not_a_traceback(tiny, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("tensorboard")
+    original_step = interrupt_training_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        transmodal.train(tiny("trainer.checkpoint_every=2", "output.loggers=[tensorboard]", "output.name=stopped"),
+                         quiet=True)
+    monkeypatch.setattr(transmodal.Trainer, "train_step", original_step)
+    run_dir = Path(tiny().output.dir) / "stopped"
+    shutil.rmtree(run_dir / "tensorboard")
+    (run_dir / "tensorboard").write_text("a file where the event folder belongs")
+    with pytest.raises(RunDirectoryError, match=r"output.loggers: tensorboard cannot write its logs in .*leave "
+                                                 r"tensorboard out of output.loggers"):
         resume(run_dir, quiet=True)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from transmodal.errors import ConfigError
+from transmodal.errors import ConfigError, RunDirectoryError
 from transmodal.run_dir import write_bytes_atomic, write_text_atomic
 
 LOGGERS = ("jsonl", "csv", "tensorboard")
@@ -200,7 +200,16 @@ def open_loggers(names: Sequence[str], run_dir: Path, steps_done: int) -> Logger
         "csv": lambda: CsvLogger(run_dir),
         "tensorboard": lambda: TensorBoardLogger(run_dir, steps_done),
     }
-    return Loggers([factories[name]() for name in names])
+    loggers = []
+    for name in names:
+        try:
+            loggers.append(factories[name]())
+        except OSError as error:  # a log folder that is a file, or cannot be written
+            Loggers(loggers).close()
+            raise RunDirectoryError(f"output.loggers: {name} cannot write its logs in {run_dir} "
+                                    f"({error.strerror or error}); make that place writable, or leave {name} out "
+                                    f"of output.loggers") from None
+    return Loggers(loggers)
 
 
 def trim_logs(run_dir: Path, epochs_done: int, steps_done: int) -> None:
