@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from transmodal.builtin.adaptation.params import DIRTTParams
+from transmodal.builtin.adaptation.self_training import frozen_copy
 from transmodal.builtin.adaptation.smoothness import kl_divergence
 from transmodal.model import TransmodalModel
 from transmodal.strategy import StepData, Strategy, TrainingContext
@@ -43,10 +43,7 @@ class DIRTT(Strategy):
         """Copied on first use, once every strategy's setup has shaped the model."""
         if self.teacher is None:
             assert self.student is not None
-            self.teacher = copy.deepcopy(self.student)
-            for parameter in self.teacher.parameters():
-                parameter.requires_grad_(False)
-            self.teacher.eval()
+            self.teacher = frozen_copy(self.student)
             for module in self.teacher.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.train()  # the target batch's own statistics, as the model normalises it in training

@@ -13,6 +13,14 @@ from transmodal.model import TransmodalModel
 from transmodal.strategy import StepData, Strategy, TrainingContext
 
 
+def frozen_copy(model: TransmodalModel) -> TransmodalModel:
+    """A teacher: a copy of ``model`` in eval mode whose parameters take no gradient."""
+    copied = copy.deepcopy(model).eval()
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)
+    return copied
+
+
 class PseudoLabel(Strategy):
     """Target predictions at least ``threshold`` confident become labels (Lee, 2013): the loss is the cross-entropy
     on those samples, averaged over the whole target batch, so it grows as more samples pass the threshold.
@@ -38,9 +46,7 @@ class PseudoLabel(Strategy):
         """Copied on first use, once every strategy's setup (adapters included) has shaped the model."""
         if self.teacher is None:
             assert self.student is not None
-            self.teacher = copy.deepcopy(self.student).eval()
-            for parameter in self.teacher.parameters():
-                parameter.requires_grad_(False)
+            self.teacher = frozen_copy(self.student)
         return self.teacher
 
     def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
