@@ -97,6 +97,14 @@ def test_an_exported_bundle_is_readable_by_others_as_a_plain_copy_would_be(run_d
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
 
 
+def test_a_bundle_whose_config_is_emptied_is_refused_by_name(run_dir, tmp_path):
+    """An empty config.yaml reads as the default experiment: another model than the weights beside it."""
+    bundle = transmodal.load(run_dir).export(tmp_path / "ts", "torchscript")
+    (bundle / "config.yaml").write_text("")
+    with pytest.raises(transmodal.CheckpointError, match="config.yaml is empty; a bundle's config.yaml holds"):
+        transmodal.load(bundle)
+
+
 def test_onnx_matches_pytorch_with_onnxruntime(run_dir, tmp_path, capsys):
     """One export for the target domain (its own BatchNorm statistics built in), run by onnxruntime."""
     for package in ("onnx", "onnxscript", "onnxruntime"):

@@ -413,6 +413,18 @@ def test_a_trained_model_is_not_loaded_from_a_run_with_an_empty_config(stopped_r
         transmodal.load(stopped_run)
 
 
+def test_a_model_json_naming_a_class_twice_is_refused(stopped_run: Path):
+    """Two outputs with one name: a prediction would not say which class it means."""
+    import transmodal
+    from transmodal.errors import CheckpointError
+
+    info = json.loads((stopped_run / "model.json").read_text())
+    info["classes"][1] = info["classes"][0]
+    (stopped_run / "model.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=f"classes name \\['{info['classes'][0]}'\\] more than once"):
+        transmodal.load(stopped_run)
+
+
 def test_resume_of_a_file_says_it_is_not_a_run_directory(tmp_path: Path, capsys):
     (tmp_path / "notes.txt").write_text("not a run\n")
     before = files_outside(tmp_path)

@@ -67,6 +67,18 @@ def test_the_grid_is_the_product_of_seeds_and_values_named_after_them(tmp_path: 
     assert len({run.run_dir for run in runs}) == 8
 
 
+def test_values_too_long_for_a_folder_name_are_cut_and_keep_the_runs_apart(tmp_path: Path):
+    config = config_file(tmp_path, "output.name=g")
+    strategies = ["[" + ", ".join(["{name: entropy-min, weight: 0.5}"] * 12) + f", {{name: mmd, weight: 0.{i}}}]"
+                  for i in (1, 2)]  # they differ only at their ends
+    _, runs = plan(config, [], [0], ["adaptation=" + ",".join(strategies)])
+    names = [run.name for run in runs]
+    assert len(set(names)) == 2 and all(len(name.encode()) <= 255 for name in names)
+    assert names[0].startswith("g-seed0-adaptation=name_entropy-min,weight_0.5") and "~" in names[0]
+    with pytest.raises(ConfigError, match="set a shorter output.name"):
+        plan(config_file(tmp_path, f"output.name={'g' * 250}"), [], [0], ["optimizer.lr=0.1,0.2"])
+
+
 def test_grid_mistakes_are_refused_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture):
     config = config_file(tmp_path)
     # gated has no 'hidden' parameter: found while planning, nothing written.

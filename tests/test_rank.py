@@ -87,6 +87,12 @@ def test_a_trained_run_is_a_candidate_with_its_own_head(tmp_path: Path, capsys: 
     trained = next(c for c in report["candidates"] if c["label"] == "trained")
     assert trained["leep_source"] == "head" and trained["feature_dim"] == 32  # the fusion's hidden width
 
+    # A TorchScript bundle gives logits only: rank says so and what to give instead
+    transmodal.load(run_dir).export(tmp_path / "scripted", "torchscript")
+    assert main(["rank", str(config), "--candidate", f"scripted={tmp_path / 'scripted'}", *SMALL]) == 2
+    assert "does not give (only its logits); give the run directory, or a bundle exported with --format safetensors" \
+        in capsys.readouterr().err
+
 
 def test_unknown_backbones_suggest_the_registry_names(tmp_path: Path, capsys: pytest.CaptureFixture):
     config = write_config(tmp_path)

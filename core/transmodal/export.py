@@ -34,7 +34,7 @@ import torch
 import yaml
 from torch import nn
 
-from transmodal.config import Experiment, load_experiment, validate_components
+from transmodal.config import Experiment, load_experiment, load_yaml, validate_components
 from transmodal.data import Batch, ModalitySpec
 from transmodal.devices import resolve_device
 from transmodal.errors import CheckpointError, ConfigError
@@ -253,6 +253,9 @@ def _quiet_torchscript() -> Iterator[None]:
 
 def load_bundle(folder: Path, device: str | None = None, plugins: Plugins | None = None) -> TrainedModel:
     """A bundle that :func:`export` wrote, as a :class:`TrainedModel`."""
+    if not load_yaml(folder / "config.yaml"):  # it would read as the default experiment, another model than this
+        raise CheckpointError(f"{folder / 'config.yaml'} is empty; a bundle's config.yaml holds the experiment its "
+                              f"model is built from. Export the run again")
     experiment = load_experiment(folder / "config.yaml")
     info = read_model_info(folder)
     exported = info.get("export")

@@ -13,6 +13,7 @@ written. This module does not import torch, except to count GPUs when the experi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -110,6 +111,24 @@ def _name_part(key: str, value: str) -> str:
     return re.sub(r"_*([=,])_*", r"\1", _UNSAFE.sub("_", f"{key}={value}")).strip("_")
 
 
+def _run_name(stem: str, seed: int, values: list[tuple[str, str]]) -> str:
+    """``STEM-seedS-key=value-...``; a value too long for a folder name (a list of strategies, say) is cut and keeps
+    a hash of itself, so that names stay distinct; each run's config.yaml holds its values whole."""
+    parts = [_name_part(key, value) for key, value in values]
+    name = "-".join([stem, f"seed{seed}", *parts])
+    if len(name.encode()) > NAME_MAX_BYTES:
+        name = "-".join([stem, f"seed{seed}", *(_shortened(part) for part in parts)])
+    if len(name.encode()) > NAME_MAX_BYTES:
+        raise ConfigError(f"the run name {name[:60]}... is longer than {NAME_MAX_BYTES} bytes; set a shorter "
+                          f"output.name, or vary fewer keys with --over")
+    return name
+
+
+def _shortened(part: str, keep: int = 60) -> str:
+    digest = hashlib.sha1(part.encode()).hexdigest()[:8]
+    return part if len(part) <= keep + len(digest) + 1 else f"{part[:keep]}~{digest}"
+
+
 def plan(config: Path | None, overrides: Sequence[str], seeds: Sequence[int] | None,
          over: Sequence[str]) -> tuple[Experiment, list[GridRun]]:
     """Every run of the grid, validated (its config and components) and named; nothing is written."""
@@ -125,10 +144,7 @@ def plan(config: Path | None, overrides: Sequence[str], seeds: Sequence[int] | N
     runs: list[GridRun] = []
     for seed, *chosen in itertools.product(seed_list, *(values for _, values in axes)):
         values = [(key, value) for (key, _), value in zip(axes, chosen)]
-        name = "-".join([stem, f"seed{seed}", *(_name_part(key, value) for key, value in values)])
-        if len(name.encode()) > NAME_MAX_BYTES:
-            raise ConfigError(f"the run name {name[:60]}... is longer than {NAME_MAX_BYTES} bytes; set a shorter "
-                              f"output.name")
+        name = _run_name(stem, seed, values)
         settings = [*overrides, *(f"{key}={value}" for key, value in values), f"trainer.seed={seed}"]
         try:
             experiment = load_experiment(config, settings)

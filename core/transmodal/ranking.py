@@ -457,8 +457,9 @@ def _run_features(candidate: Candidate, modality: str, kind: str, column: Any, r
                         f"these {tuple(values.shape[1:])}")
     model = trained.model
     if not isinstance(model, TransmodalModel):
-        raise ConfigError(f"candidate '{candidate.label}': rank reads a run directory's model, not an exported "
-                          f"TorchScript bundle")
+        raise ConfigError(f"candidate '{candidate.label}': rank needs the model's features, which a TorchScript "
+                          f"or ONNX bundle does not give (only its logits); give the run directory, or a bundle "
+                          f"exported with --format safetensors")
     features, probabilities = [], []
     for batch in _batches(values, kind, batch_size).epoch(0, whole=True):
         full = trained.full_batch({modality: batch["x"]})

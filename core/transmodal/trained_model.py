@@ -69,10 +69,15 @@ def read_model_info(directory: Path) -> dict[str, Any]:
         modalities = {name: (entry["kind"], tuple(entry.get("shape", ())), dict(entry.get("extras", {})))
                       for name, entry in info["modalities"].items()}
         classes = [str(name) for name in info["classes"]]
+        newer = int(info.get("format", 1)) > MODEL_INFO_FORMAT
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path} is damaged ({type(error).__name__}: {error})") from None
-    if info.get("format", 1) > MODEL_INFO_FORMAT:
+    if newer:
         raise CheckpointError(f"{path} has format {info['format']}, from a newer transmodal; upgrade transmodal")
+    repeated = sorted({name for name in classes if classes.count(name) > 1})
+    if repeated:
+        raise CheckpointError(f"{path} is damaged: its classes name {repeated} more than once; a prediction could "
+                              f"not say which class it means. Restore the file from the run or export it again")
     return {**info, "modalities": modalities, "classes": classes}
 
 
