@@ -77,3 +77,38 @@ def test_a_plugin_depending_on_transmodal_is_satisfied_by_the_installed_core(nam
     assert len(on_core) == 1, f"{name} must declare a dependency on transmodal"
     core = metadata.distribution(on_core[0].name)
     assert core.metadata["Name"] == "transmodal" and on_core[0].specifier.contains(core.version), name
+
+
+def test_the_guides_validator_is_registered_by_name_scored_every_epoch_and_selects(tmp_path: Path):
+    """The validator example of the guide, registered as a plugin would (no name set): the run selects with it,
+    logs its score every epoch beside the built-in validators and reports its regret."""
+    import json
+
+    import transmodal
+    from conftest import tiny_experiment_dict
+
+    block = next(code for code in re.findall(r"```python\n(.*?)```", GUIDE, flags=re.S) if "(transmodal.Validator)" in code)
+    namespace: dict = {}
+    exec(block, namespace)  # noqa: S102 - the guide's own code
+
+    class ConfidencePlugin:
+        @transmodal.hookimpl
+        def register_validators(self, register):
+            register("confidence", lambda params: namespace["Confidence"]())
+
+    reset_plugins(Plugins(extra_plugins=[("transmodal-confidence", ConfidencePlugin())]))
+    summary, run_dir = transmodal.train(tiny_experiment_dict(tmp_path, "validator.name=confidence"), quiet=True)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["selected_by"] == "confidence"
+    assert all({"confidence", "source-val", "entropy"} <= set(record["validators"]) for record in history)
+    assert summary["validators"]["by_validator"]["confidence"]["epoch"] == summary["best_epoch"]
+
+
+def test_the_guides_plugin_tests_pass(guide_package: Path):
+    block = next(code for code in re.findall(r"```python\n(.*?)```", GUIDE, flags=re.S) if "def test_" in code)
+    namespace: dict = {}
+    exec(block, namespace)  # noqa: S102 - the guide's own code
+    tests = [name for name in namespace if name.startswith("test_") and name != "test_trains_end_to_end"]
+    assert "test_a_wrong_parameter_is_refused_with_its_path" in tests
+    for name in tests:
+        namespace[name]()

@@ -263,6 +263,14 @@ def test_unknown_name_of_a_disabled_first_party_plugin_says_so(monkeypatch: pyte
     assert "pip install" not in message
 
 
+def test_unknown_name_while_a_third_party_plugin_is_switched_off_names_that_plugin(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TRANSMODAL_LOAD_PLUGINS", "transmodal-good")
+    points = [entry_point("transmodal-good", lambda: GoodPlugin()), entry_point("acme-sequences", lambda: 1 / 0)]
+    with pytest.raises(UnknownComponentError) as raised:
+        Plugins(entry_points=points).get("dataset", "toy-sequences")  # acme's, maybe: nothing says without loading it
+    assert "kept out, which may provide it: acme-sequences (not listed in TRANSMODAL_LOAD_PLUGINS" in str(raised.value)
+
+
 class RaisingFactory:
     @transmodal.hookimpl
     def register_fusions(self, register: Any) -> None:

@@ -112,7 +112,9 @@ class _FeatureNormPenalty(transmodal.Strategy):
     """A plugin's strategy that, as a third party's might, sets no ``name``."""
 
     def loss_terms(self, step):
-        return {"norm": 0.01 * step.source_output.features.pow(2).mean()}
+        norm = step.source_output.features.pow(2).mean()
+        step.metrics["norm"] = norm.detach()
+        return {"norm": 0.01 * norm}
 
 
 def test_each_strategy_keeps_its_own_loss_however_it_is_named(blobs):
@@ -124,12 +126,15 @@ def test_each_strategy_keeps_its_own_loss_however_it_is_named(blobs):
     plugins = Plugins(entry_points=[], extra_plugins=[("shifted-blobs-test", ShiftedBlobsPlugin()),
                                                       ("unnamed", Unnamed())])
     reset_plugins(plugins)
-    adaptation = [{"name": "feature-norm"}, {"name": "mmd"}, {"name": "mmd", "kernel": "linear"}]
+    adaptation = [{"name": "feature-norm"}, {"name": "feature-norm"}, {"name": "mmd"}, {"name": "mmd", "kernel": "linear"}]
     _, run_dir = transmodal.train(blobs(adaptation, epochs=1), quiet=True)
     train = read_metrics(run_dir)[-1]["train"]
     # Listed twice, mmd's second loss no longer replaces its first: both train and both are logged.
-    assert {"loss/feature-norm.norm", "loss/mmd.mmd", "loss/mmd-2.mmd"} <= set(train)
+    assert {"loss/feature-norm.norm", "loss/feature-norm-2.norm", "loss/mmd.mmd", "loss/mmd-2.mmd"} <= set(train)
     assert train["loss/mmd.mmd"] != train["loss/mmd-2.mmd"]
+    # The values they only report are logged under each one's name too, whether or not it writes the name itself
+    assert {"metric/feature-norm.norm", "metric/feature-norm-2.norm", "metric/mmd.constant_units",
+            "metric/mmd-2.constant_units"} <= set(train)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

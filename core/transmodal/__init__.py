@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Trainer": "transmodal.trainer",
     **dict.fromkeys(("TabularColumn", "TabularSchema"), "transmodal.tabular"),
     **dict.fromkeys(("TrainedModel", "load"), "transmodal.trained_model"),
+    **dict.fromkeys(("Outputs", "ValidationContext", "Validator"), "transmodal.validator"),
 }
 
 __all__ = sorted(_EXPORTS)

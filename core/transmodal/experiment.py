@@ -51,6 +51,8 @@ def assemble(
     model = build_model(experiment, components, data.modalities, len(data.bundle.classes))
     strategies = build_strategies(experiment, components, data, model)
     validator = _build(components["validator"])
+    if validator.name == Validator.name:  # a plugin's that set none: its registered name, as for a strategy
+        validator.name = experiment.validator.name
     if validator.needs_unlabelled_target and data.unlabelled is None:
         raise ConfigError(f"validator: '{experiment.validator.name}' scores unlabelled target data, but dataset "
                           f"'{experiment.data.dataset.name}' provides none; use source-val")

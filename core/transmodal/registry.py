@@ -156,6 +156,9 @@ class Registry:
             # The first-party plugins are not published on PyPI: installing from a checkout is what works.
             lines.append(f"'{name}' is provided by the plugin {provider}. From a transmodal checkout: "
                          f"pip install -e plugins/{provider} (or pip install {provider} from an index that has it)")
+        elif self.skipped():  # a third party's component: which skipped plugin has it is unknown without loading
+            lines.append("Installed plugins that an environment switch kept out, which may provide it: "
+                         + "; ".join(f"{plugin} ({why})" for plugin, why in sorted(self.skipped().items())))
         lines.append("List the available ones with: " + " / ".join(f"transmodal components {r.kind}" for r in registries))
         lines.extend(self.failure_notes())
         return "\n".join(lines)

@@ -68,8 +68,8 @@ class StepData:
     target: dict[str, torch.Tensor] | None = None
     target_output: ModelOutput | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-    # Detached values a strategy reports about this step ("<strategy>.<name>"), logged as "metric/..." and
-    # averaged over the epoch like the loss terms, but never added to the loss.
+    # Detached values a strategy reports about this step, logged as "metric/<strategy>.<name>" and averaged over
+    # the epoch like the loss terms, but never added to the loss.
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 

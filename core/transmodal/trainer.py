@@ -428,11 +428,13 @@ class Trainer:
             model=self.model, source=source, source_output=source_output, step=self.step,
             progress=self.step / max(1, self.total_steps), target=target, target_output=target_output,
         )
-        terms = {"task": task}
+        terms, metrics = {"task": task}, {}
         for strategy in self.strategies:
+            step.metrics = {}  # each strategy's own, logged under its name as its loss terms are
             for name, value in strategy.loss_terms(step).items():
                 terms[f"{strategy.name}.{name}"] = value.float()
-        return terms, step.metrics
+            metrics.update({f"{strategy.name}.{name}": value for name, value in step.metrics.items()})
+        return terms, metrics
 
     def _step_module(self) -> nn.Module:
         """What computes a step's losses: the plain module in one process; under torchrun, the module in
@@ -608,7 +610,9 @@ class Trainer:
         with torch.inference_mode():
             value = float(self.validator.score(context))
             tiebreak = float(self.validator.tiebreak(context))
-            scores = score_panel(self.panel, context)
+            # The run's own validator is logged beside the panel when the panel lacks it (a plugin's validator)
+            own = {self.validator.name: value} if self.config.score_validators and math.isfinite(value) else {}
+            scores = own | score_panel(self.panel, context)
         # Every rank scored the same samples with the same weights; rank 0's scores decide for all of them.
         value, tiebreak, scores = self.world.from_main((value, tiebreak, scores))
         best = (self.best["value"], self.best.get("tiebreak", 0.0))

@@ -138,8 +138,8 @@ class ContrastiveAlignment(Strategy):
                 targets = torch.arange(a.shape[0], device=a.device)
                 hits = (similarity.argmax(dim=1) == targets).float().mean() + \
                     (similarity.argmax(dim=0) == targets).float().mean()
-                step.metrics[f"{self.name}.batch_accuracy"] = hits / 2
-        step.metrics[f"{self.name}.logit_scale"] = scale.detach()
+                step.metrics["batch_accuracy"] = hits / 2
+        step.metrics["logit_scale"] = scale.detach()
         return {"infonce": self.params.factor(step.progress) * loss}
 
     def on_step_end(self, step: int) -> None:

@@ -58,7 +58,7 @@ class PseudoLabel(Strategy):
             reference = step.target_output.logits.detach().float()
         confidence, labels = torch.softmax(reference, dim=1).max(dim=1)
         mask = (confidence >= self.params.threshold).float()
-        step.metrics[f"{self.name}.used"] = mask.mean().detach()
+        step.metrics["used"] = mask.mean().detach()
         losses = nn.functional.cross_entropy(step.target_output.logits.float(), labels, reduction="none")
         return {"pseudo": self.params.factor(step.progress) * (mask * losses).mean()}
 
