@@ -61,3 +61,9 @@ def test_the_written_file_trains_through_text_csv(tmp_path: Path, monkeypatch: p
         "trainer.epochs=1", "trainer.num_threads=1", f"output.dir={tmp_path / 'runs'}"])
     summary, _ = transmodal.train(experiment, quiet=True)
     assert 1 / len(SCRIPT["CHAPTERS"]) < summary["best"]["target/test"]["accuracy"] < 1
+
+
+def test_shared_words_counts_occurrences_whose_word_the_other_domain_has():
+    rows = [("Alpha beta gamma", "x", "docstring"), ("beta gamma delta delta", "x", "comment")]
+    assert SCRIPT["shared_words"](rows, "docstring") == pytest.approx(2 / 3)
+    assert SCRIPT["shared_words"](rows, "comment") == pytest.approx(2 / 4)
