@@ -160,12 +160,14 @@ def _truncate_last(fraction: float):
     (_edit_last(lambda state: {**state, "epoch": -3}), "'epoch' should be 0 or more, found -3"),
     (_edit_last(lambda state: {**state, "model": {name: torch.zeros(1) for name in state["model"]}}),
      "checkpoint does not fit this model: Error(s) in loading state_dict"),
+    (_edit_last(lambda state: {**state, "classes": state["classes"][::-1]}),
+     "its dataset now gives ["),
     (_truncate_last(0.5), "it is truncated or damaged"),
     (_truncate_last(0), "it is empty (0 bytes)"),
     (lambda run_dir: (run_dir / "checkpoints" / "last.pt").write_bytes(b"hello world, not a checkpoint"),
      "it is damaged or not a checkpoint"),
 ], ids=["best-over-last", "empty-dict", "list", "tokenizer-not-json", "rng-wrong-type", "newer-format",
-        "negative-epoch", "wrong-shapes", "truncated", "empty-file", "other-bytes"])
+        "negative-epoch", "wrong-shapes", "classes-changed", "truncated", "empty-file", "other-bytes"])
 def test_resume_names_what_is_wrong_with_a_checkpoint_and_which_file(stopped_run: Path, tmp_path: Path, capsys,
                                                                       damage, message: str):
     damage(stopped_run)
@@ -174,6 +176,19 @@ def test_resume_names_what_is_wrong_with_a_checkpoint_and_which_file(stopped_run
     assert status == 1 and len(err.strip().splitlines()) == 1
     assert str(stopped_run / "checkpoints" / "last.pt") in err and message in err
     assert files_outside(tmp_path) == before  # the run directory too: nothing was trained or rewritten
+
+
+def test_evaluate_refuses_a_run_whose_data_changed_its_classes(stopped_run: Path, capsys):
+    """A label renamed in the data after training shifts the class order: scoring the old weights would misread
+    every prediction. transmodal.evaluate_run takes the path as a string too."""
+    import transmodal
+    from transmodal.errors import CheckpointError
+
+    best = stopped_run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    torch.save({**state, "classes": ["zz " + state["classes"][0], *state["classes"][1:]]}, best)
+    with pytest.raises(CheckpointError, match="the data changed since training"):
+        transmodal.evaluate_run(str(stopped_run))
 
 
 def test_evaluate_refuses_a_best_checkpoint_of_the_wrong_structure(stopped_run: Path, capsys):

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 import transmodal
 from transmodal.builtin.fusions import MeanParams
 from transmodal.errors import ComponentBuildError, DuplicateComponentError, PluginLoadError, UnknownComponentError
-from transmodal.plugins import Plugins, PluginWarning
+from transmodal.plugins import Plugins, PluginWarning, get_plugins
 from transmodal.registry import FIRST_PARTY_PROVIDERS
 
 
@@ -183,6 +183,17 @@ def test_install_hints_name_plugin_folders_of_the_checkout():
     root = Path(__file__).resolve().parents[1]
     for provider in {p for names in FIRST_PARTY_PROVIDERS.values() for p in names.values()}:
         assert f'name = "{provider}"' in (root / "plugins" / provider / "pyproject.toml").read_text()
+
+def test_every_component_of_an_installed_first_party_plugin_has_its_install_hint():
+    """A name missing from FIRST_PARTY_PROVIDERS would get no hint when its plugin is absent or switched off."""
+    first_party = {path.name for path in (Path(__file__).resolve().parents[1] / "plugins").iterdir()}
+    installed = {d: info for d, info in get_plugins().infos.items() if d in first_party}
+    if not installed:
+        pytest.skip("no first-party plugin is installed")
+    missing = [(d, kind, name) for d, info in installed.items() for kind, names in info.registered.items()
+               for name in names if FIRST_PARTY_PROVIDERS.get(kind, {}).get(name) != d]
+    assert missing == []
+
 
 def test_unknown_name_mentions_plugins_that_failed():
     with pytest.warns(PluginWarning):

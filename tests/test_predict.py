@@ -127,6 +127,18 @@ def test_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys, arguments, m
     assert message in err and "Traceback" not in err
 
 
+def test_predictions_never_replace_an_input_or_a_file_of_the_model(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    inputs = tmp_path / "inputs.csv"
+    inputs.write_text("text\na calm red circle\n")
+    before = {path: path.read_bytes() for path in [inputs, *run_dir.rglob("*")] if path.is_file()}
+    assert main(["predict", str(run_dir), str(inputs), "--output", str(inputs)]) == 2
+    assert "is one of the inputs, which writing the predictions would replace" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), "hello", "--output", str(run_dir / "metrics.jsonl")]) == 2
+    assert "is inside the model's folder" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in before} == before
+
+
 def test_a_moved_run_without_its_training_data_evaluates_predicts_and_exports(trained, tmp_path, capsys):
     run_dir, data = trained
     moved_data = tmp_path / "new-data"

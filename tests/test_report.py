@@ -159,7 +159,7 @@ def test_what_is_not_a_run_exits_2(runs: tuple[Path, Path], tmp_path: Path, caps
     assert main(["report", str(runs[0]), str(tmp_path / "missing")]) == 2
     assert f"No run directory {tmp_path / 'missing'}" in capsys.readouterr().err
     assert main(["report", str(runs[0]), str(runs[0] / ".." / runs[0].name)]) == 2
-    assert "is named twice; a report compares different runs" in capsys.readouterr().err
+    assert "is named twice (or through a link); a report compares different runs" in capsys.readouterr().err
     assert main(["report", str(runs[0]), "--samples", "0"]) == 2
     assert "--samples 0: give a positive number of samples per split" in capsys.readouterr().err
     (tmp_path / "config.yaml").write_text((runs[0] / "config.yaml").read_text())

@@ -460,7 +460,7 @@ def _predict(args: argparse.Namespace) -> int:
     from transmodal.trained_model import load
 
     if args.output is not None:
-        check_output(args.output, args.output_format)
+        check_output(args.output, args.output_format, args.inputs, args.run_dir)
     trained = load(args.run_dir, args.checkpoint, args.device)
     records = trained.predict(args.inputs, modality=args.modality, top_k=args.top_k, batch_size=args.batch_size,
                               domain=args.domain)
@@ -488,14 +488,12 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _write_report(args: argparse.Namespace) -> int:
     from transmodal.report import write_report
+    from transmodal.run_dir import refuse_repeated
 
     if args.samples < 1:
         raise ConfigError(f"--samples {args.samples}: give a positive number of samples per split")
     run_dirs = [_existing_run_dir(path) for path in args.run_dirs]
-    resolved = [path.resolve() for path in run_dirs]
-    repeated = next((path for path, where in zip(run_dirs, resolved) if resolved.count(where) > 1), None)
-    if repeated is not None:
-        raise ConfigError(f"{repeated} is named twice; a report compares different runs")
+    refuse_repeated(run_dirs, "a report compares different runs")
     page = write_report(run_dirs, args.output, args.samples)
     print(f"report: {page}")
     return EXIT_OK

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from transmodal.errors import ConfigError
+from transmodal.run_dir import refuse_repeated
 
 # Settings that never tell groups apart: they change how a run is made or logged, not what it measures.
 IGNORED = ("trainer.seed", "output.", "trainer.num_threads", "trainer.log_every", "trainer.checkpoint_every",
@@ -61,6 +62,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def load_runs(paths: Sequence[Path]) -> list[RunResult]:
     """Each run directory's config and summary; an unfinished run (no summary.json) is skipped with a notice."""
+    refuse_repeated(list(paths), "each run counts once in a mean and its spread")
     runs: list[RunResult] = []
     for path in paths:
         if not (path / "config.yaml").is_file():

@@ -88,6 +88,10 @@ def parse_over(over: Sequence[str]) -> list[tuple[str, list[str]]]:
             raise ConfigError(f"--over expects path.to.key=value1,value2, got '{item}'")
         if key in _GRID_KEYS:
             raise ConfigError(f"--over {key}: the grid sets it itself; use {_GRID_KEYS[key]}")
+        inside = [grid_key for grid_key in _GRID_KEYS if grid_key.startswith(f"{key}.")]
+        if inside:  # --over 'trainer={seed: 1},...' would be overruled by the grid's own trainer.seed
+            raise ConfigError(f"--over {key}: a whole section holds {', '.join(inside)}, which the grid sets "
+                              f"itself; vary its keys one by one (--over {key}.KEY=a,b)")
         if key in (k for k, _ in parsed):
             raise ConfigError(f"--over {key} is given twice; list all its values once: --over {key}=a,b")
         values = split_values(text)
@@ -142,6 +146,7 @@ def plan(config: Path | None, overrides: Sequence[str], seeds: Sequence[int] | N
     stem = base.output.name or f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plugins = get_plugins()
     runs: list[GridRun] = []
+    experiments: list[Experiment] = []
     for seed, *chosen in itertools.product(seed_list, *(values for _, values in axes)):
         values = [(key, value) for (key, _), value in zip(axes, chosen)]
         name = _run_name(stem, seed, values)
@@ -152,6 +157,12 @@ def plan(config: Path | None, overrides: Sequence[str], seeds: Sequence[int] | N
         except ConfigError as error:
             where = " ".join([f"seed={seed}", *(f"{key}={value}" for key, value in values)])
             raise type(error)(f"grid run {where}: {error}") from None
+        same = next((run for run, other in zip(runs, experiments) if other == experiment.model_copy(
+            update={"output": other.output})), None)
+        if same is not None:  # values that read alike once validated: 0.001 and 1e-3, {} and a default
+            where = " ".join(f"{key}={value}" for key, value in values)
+            raise ConfigError(f"--over: {where} gives the same experiment as {same.label}; list each value once")
+        experiments.append(experiment)
         runs.append(GridRun(seed, values, name, experiment.output.dir / name))
     taken = [run.run_dir for run in runs if run.run_dir.exists()]
     if taken:

@@ -415,13 +415,29 @@ def write_records(records: list[dict[str, Any]], output: Path | None, output_for
                          f"you can write to") from None
 
 
+def _same_file(given: str, target: Path) -> bool:
+    try:
+        return Path(given).is_file() and Path(given).resolve() == target
+    except OSError:  # a text given as input, longer than a file name can be
+        return False
+
+
 OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
-def check_output(output: Path, output_format: str | None = None) -> None:
-    """Refuse an ``--output`` that cannot be a file, or whose format is not said, before any prediction is made."""
+def check_output(output: Path, output_format: str | None = None, inputs: Sequence[str] = (),
+                 model_dir: Path | None = None) -> None:
+    """Refuse an ``--output`` that cannot be a file, or whose format is not said, before any prediction is made;
+    and one that would replace an input file or write into the model's folder (a run's or a bundle's files)."""
     if output.is_dir() or not output.name:
         raise InputError(f"--output {output}: is a folder; name the file to write, e.g. {output / 'predictions.csv'}")
+    target = output.resolve()
+    if any(_same_file(given, target) for given in inputs):
+        raise InputError(f"--output {output}: is one of the inputs, which writing the predictions would replace; "
+                         f"name another file")
+    if model_dir is not None and target.is_relative_to(model_dir.resolve()):
+        raise InputError(f"--output {output}: is inside the model's folder {model_dir}, whose files it could "
+                         f"replace; write the predictions elsewhere")
     if not output.parent.is_dir():
         raise InputError(f"--output {output}: the folder {output.parent} does not exist")
     if output_format is None and output.suffix.lower() not in OUTPUT_SUFFIXES:

@@ -128,11 +128,12 @@ def _fit(trainer: Trainer, run_dir: Path) -> dict[str, Any]:
         ) from None
 
 
-def resume(run_dir: Path, quiet: bool = False, plugins: Plugins | None = None) -> dict[str, Any]:
+def resume(run_dir: str | os.PathLike[str], quiet: bool = False, plugins: Plugins | None = None) -> dict[str, Any]:
     """Continue a stopped run from its last checkpoint; ends as the uninterrupted run would have. A run stopped
     before its first checkpoint starts again from the beginning, in the same directory, with its saved config.
     Under torchrun it needs as many processes as the run had (every rank reads the checkpoint: across nodes, the
     run directory must be on a shared file system)."""
+    run_dir = Path(run_dir)
     experiment = load_run_experiment(run_dir)
     _configure_threads(experiment)
     with process_group(experiment.trainer, resolve_device(experiment.trainer.device)) as world:
@@ -211,7 +212,7 @@ def _notice(message: str) -> None:
 
 
 def evaluate_run(
-    run_dir: Path, checkpoint: str = "best", drop_modalities: tuple[str, ...] = (), plugins: Plugins | None = None,
+    run_dir: str | os.PathLike[str], checkpoint: str = "best", drop_modalities: tuple[str, ...] = (), plugins: Plugins | None = None,
     detailed: bool = False, via: tuple[str, ...] = (),
 ) -> tuple[Metrics, dict[str, Any]]:
     """Metrics of a saved checkpoint on every evaluation split (``detailed``: per class, and the confusion
@@ -242,7 +243,9 @@ class SavedRun:
             self.trainer.load_weights(self.state)
 
 
-def saved_run_trainer(run_dir: Path, checkpoint: str = "best", plugins: Plugins | None = None) -> SavedRun:
+def saved_run_trainer(run_dir: str | os.PathLike[str], checkpoint: str = "best",
+                      plugins: Plugins | None = None) -> SavedRun:
+    run_dir = Path(run_dir)
     experiment = load_run_experiment(run_dir)
     _configure_threads(experiment)
     path = run_dir / CHECKPOINTS / f"{checkpoint}.pt"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from transmodal.config import Experiment, load_experiment, load_yaml
-from transmodal.errors import CheckpointError, RunDirectoryError
+from transmodal.errors import CheckpointError, ConfigError, RunDirectoryError
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -62,6 +62,14 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def refuse_repeated(run_dirs: list[Path], purpose: str) -> None:
+    """One run named twice (by another spelling or a link) would count twice in what ``purpose`` says."""
+    resolved = [path.resolve() for path in run_dirs]
+    repeated = next((path for path, where in zip(run_dirs, resolved) if resolved.count(where) > 1), None)
+    if repeated is not None:
+        raise ConfigError(f"{repeated} is named twice (or through a link); {purpose}")
 
 
 def load_run_experiment(run_dir: Path) -> Experiment:

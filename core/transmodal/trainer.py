@@ -760,6 +760,12 @@ class Trainer:
     def load_weights(self, state: dict[str, Any]) -> None:
         """The model's weights, the modules of strategies saved with them and, with per-domain BatchNorm, the
         target's statistics."""
+        classes = list(self.data.bundle.classes)
+        if list(state["classes"]) != classes:  # same count, other order or names: every score would be misread
+            raise CheckpointError(
+                f"the checkpoint was trained on the classes {list(state['classes'])[:10]}, its dataset now gives "
+                f"{classes[:10]}: the data changed since training (a label renamed, added or removed). Restore the "
+                f"data the run was trained on, or train again")
         load_model_weights(self.model, state["model"])
         saved = state.get("strategy_weights", {})
         for index, (strategy, module) in enumerate(zip(self.strategies, self.strategy_modules)):
