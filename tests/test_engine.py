@@ -208,6 +208,8 @@ def test_config_errors_found_while_assembling_leave_no_run_directory(tiny, tmp_p
         transmodal.train(tiny("trainer.precision=fp16", "trainer.device=cpu"), quiet=True)
     with pytest.raises(ConfigError, match="dataset 'synthetic-shapes' has no modality \\['audio'\\]"):
         transmodal.train(tiny("model.encoders.audio={name: mlp}"), quiet=True)
+    with pytest.raises(ConfigError, match="'dirt-t' refines a trained model, and without model.init_from"):
+        transmodal.train(tiny("adaptation=[{name: dirt-t}]"), quiet=True)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

@@ -295,3 +295,16 @@ def test_image_folder_keeps_no_python_object_per_image(tmp_path):
         peaks.append(_peak_python_bytes(lambda params=params: build_image_folder(params)))
     # one Path per image (as sorted(rglob) gives) would add several hundred bytes an image
     assert (peaks[1] - peaks[0]) / 1200 < 64, peaks
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_a_cache_folder_that_cannot_be_one_is_named_with_its_variable(tmp_path, monkeypatch, capsys, where):
+    from transmodal.errors import ConfigError
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TRANSMODAL_CACHE_DIR", str(tmp_path / where))
+    with pytest.raises(ConfigError, match=f"TRANSMODAL_CACHE_DIR {tmp_path / where} cannot hold the image cache"):
+        ImageCache(num_workers=1).load(_images(tmp_path / "images", 2), 8)
+    if where == "a-file":
+        assert main(["cache", "list"]) == 2
+        assert "cannot hold the image cache: it is not a folder" in capsys.readouterr().err

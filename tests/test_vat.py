@@ -160,3 +160,13 @@ def test_word_embeddings_are_perturbed_for_text():
     strong = vat(radius=5.0, target_weight=1.0)
     strong.setup(model, context())
     assert strong.loss_terms(joint_step(model, source, target))["target"].item() > 1e-4
+
+
+@pytest.mark.parametrize("setting, bound", [("xi: 1.0e+39", "less than or equal to 10000"),
+                                            ("xi: 1.0e-300", "greater than or equal to"),
+                                            ("radius: 1.0e+39", "less than or equal to 10000")])
+def test_lengths_float32_cannot_compute_are_refused_by_config_validate(setting: str, bound: str, capsys):
+    from transmodal.cli import main
+
+    assert main(["config", "validate", "--set", f"adaptation=[{{name: vat, {setting}}}]"]) == 2
+    assert f"adaptation.0.{setting.split(':')[0]}: Input should be {bound}" in capsys.readouterr().err

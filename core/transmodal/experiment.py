@@ -216,6 +216,12 @@ def build_strategies(
                 f"'{experiment.data.dataset.name}' provides no target domain. Remove the strategy or use a "
                 f"dataset with a target split."
             )
+        if strategy.needs_init_from and experiment.model.init_from is None:
+            raise ConfigError(
+                f"adaptation.{index}: strategy '{spec.name}' refines a trained model, and without model.init_from "
+                f"it would start from random weights; set model.init_from to the run it refines (see "
+                f"examples/glyphs_dirt_t.yaml)"
+            )
         strategies.append(strategy)
     name_uniquely(experiment.adaptation, strategies)
     adversarial = [spec.name for spec, s in zip(experiment.adaptation, strategies) if s.adversarial]

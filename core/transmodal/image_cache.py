@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from transmodal.errors import ConfigError
 from transmodal.images import decode_rgb
 
 CACHE_FORMAT = 2  # 2: the key streamed into SHA-256 file by file (1 hashed one JSON list)
@@ -119,7 +120,16 @@ class ImageCache:
         self._build(entry, files, status, size, key_sha, shape)
         return _open(entry, shape, reused=False)
 
+    def _refuse_unusable_root(self, error: OSError | None = None) -> None:
+        """A cache folder that is a file, or that cannot be made, named with where its path came from."""
+        why = f" ({error.strerror or error})" if error is not None else ": it is not a folder"
+        origin = "TRANSMODAL_CACHE_DIR" if os.environ.get("TRANSMODAL_CACHE_DIR") else "the image cache folder"
+        raise ConfigError(f"{origin} {self.root} cannot hold the image cache{why}; point data.dataset.cache_dir or "
+                          f"TRANSMODAL_CACHE_DIR at a folder you can write")
+
     def entries(self) -> list[CacheEntry]:
+        if self.root.exists() and not self.root.is_dir():
+            self._refuse_unusable_root()
         if not self.root.is_dir():
             return []
         found = []
@@ -137,6 +147,8 @@ class ImageCache:
         """Remove every entry and leftover temporary folder; returns the bytes freed. Nothing else is touched, so
         a cache folder shared with other files is safe to clear: a folder is removed only if its name is an entry's
         (``images-`` and a 32-digit key) and it holds nothing but an entry's files."""
+        if self.root.exists() and not self.root.is_dir():
+            self._refuse_unusable_root()
         if not self.root.is_dir():
             return 0
         freed = 0
@@ -150,7 +162,10 @@ class ImageCache:
 
     def _build(self, entry: Path, files: Collection[str | os.PathLike[str]], status: bytearray, size: int,
                key_sha: str, shape: list[int]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file in its place or above it, a folder not writable
+            self._refuse_unusable_root(error)
         temporary = self.root / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         temporary.mkdir()
         try:

@@ -82,6 +82,7 @@ class Strategy:
     decides_trainable: bool = False  # sets which parameters train (freezing); two such strategies would overrule
     task_weight: float = 1.0  # factor on the classification loss ("task"); 0: this strategy's losses train alone
     saved_with_weights: bool = False  # modules() are part of the trained model: best.pt keeps them
+    needs_init_from: bool = False  # refines a trained model: refused without model.init_from
 
     def check(self, model: TransmodalModel, strategies: list[Strategy]) -> None:
         pass

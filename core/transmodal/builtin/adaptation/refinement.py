@@ -29,6 +29,7 @@ class DIRTT(Strategy):
 
     name = "dirt-t"
     needs_unlabelled_target = True
+    needs_init_from = True
     task_weight = 0.0
 
     def __init__(self, params: DIRTTParams) -> None:
