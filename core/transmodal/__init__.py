@@ -87,3 +87,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from transmodal.trained_model import TrainedModel, load
     from transmodal.tabular import TabularColumn, TabularSchema
     from transmodal.trainer import Trainer
+    from transmodal.validator import Outputs, ValidationContext, Validator

@@ -212,8 +212,8 @@ def _notice(message: str) -> None:
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike[str], checkpoint: str = "best", drop_modalities: tuple[str, ...] = (), plugins: Plugins | None = None,
-    detailed: bool = False, via: tuple[str, ...] = (),
+    run_dir: str | os.PathLike[str], checkpoint: str = "best", drop_modalities: tuple[str, ...] = (),
+    plugins: Plugins | None = None, detailed: bool = False, via: tuple[str, ...] = (),
 ) -> tuple[Metrics, dict[str, Any]]:
     """Metrics of a saved checkpoint on every evaluation split (``detailed``: per class, and the confusion
     matrix; where the run aligned two modalities, retrieval and zero-shot metrics, and with ``via``, cross-modal

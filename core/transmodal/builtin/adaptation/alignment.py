@@ -157,8 +157,7 @@ class MMD(Strategy):
         assert step.target_output is not None
         value = mmd(step.source_output.features, step.target_output.features, self.params.kernel,
                     self.params.kernels, self.params.multiplier)
-        step.metrics["constant_units"] = constant_units(step.source_output.features,
-                                                                     step.target_output.features)
+        step.metrics["constant_units"] = constant_units(step.source_output.features, step.target_output.features)
         return {"mmd": self.params.factor(step.progress) * value}
 
 
@@ -196,8 +195,7 @@ class Coral(Strategy):
     def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
         assert step.target_output is not None
         value = coral(step.source_output.features, step.target_output.features)
-        step.metrics["constant_units"] = constant_units(step.source_output.features,
-                                                                     step.target_output.features)
+        step.metrics["constant_units"] = constant_units(step.source_output.features, step.target_output.features)
         return {"coral": self.params.factor(step.progress) * value}
 
 

@@ -169,11 +169,11 @@ class VATParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     # Bounds far outside any useful setting: a probe shorter than 1e-12 does not move a float32 input, and one
     # of 1e39 (or such a radius) overflows it.
-    radius: float = Field(3.5, gt=0.0, le=1e4, description="L2 norm of the adversarial perturbation of each sample's image "
-                                                   "(as its encoder receives it) or word embeddings (3.5: Shu et "
-                                                   "al., 2018, on images in [-1, 1]).")
-    xi: float = Field(1e-6, ge=1e-12, le=1e4, description="Length of the random probe whose gradient gives the adversarial "
-                                                "direction (one power iteration; 1e-6: Miyato et al., 2018).")
+    radius: float = Field(3.5, gt=0.0, le=1e4, description="L2 norm of the adversarial perturbation of each "
+                          "sample's image (as its encoder receives it) or word embeddings (3.5: Shu et al., 2018, on "
+                          "images in [-1, 1]).")
+    xi: float = Field(1e-6, ge=1e-12, le=1e4, description="Length of the random probe whose gradient gives the "
+                      "adversarial direction (one power iteration; 1e-6: Miyato et al., 2018).")
     source_weight: float = Field(1.0, ge=0.0, description="Weight of the smoothness term on source inputs.")
     target_weight: float = Field(0.01, ge=0.0, description="Weight of the smoothness term on unlabelled target "
                                                            "inputs (0: source only, no target data needed).")
