@@ -257,3 +257,16 @@ def test_python_api_takes_image_tensors_as_the_files_they_were_decoded_from(trai
         model.predict({"image": decoded.float() / 255, "text": texts})
     with pytest.raises(InputError, match="a file path or a uint8 tensor"):
         model.predict({"image": [3] * len(texts), "text": texts})
+
+
+@pytest.mark.parametrize("cells", [["nan", "0.5"], ["inf", "0.5"], ["1e39", "0.5"], ["0.5 -inf"]])
+def test_a_vector_cell_that_is_no_finite_number_is_refused_with_its_line(cells):
+    from pathlib import Path
+
+    from transmodal.errors import InputError
+    from transmodal.predict import _vector_cells
+
+    columns = ["a", "b"][: len(cells)]
+    with pytest.raises(InputError, match="new.csv line 3: column"):
+        _vector_cells(cells, Path("new.csv"), 3, columns)
+    assert _vector_cells(["0.25", "1e3"], Path("new.csv"), 3, ["a", "b"]) == [0.25, 1000.0]

@@ -25,7 +25,7 @@ from transmodal.data import Batch, ModalitySpec, presence_key
 from transmodal.errors import DataError, InputError
 from transmodal.images import decode_rgb, pillow
 from transmodal.run_dir import write_text_atomic
-from transmodal.tables import FORMATS, LINE, columns_of, file_format, is_missing, read_rows
+from transmodal.tables import FORMATS, LINE, columns_of, file_format, finite_number, is_missing, read_rows
 from transmodal.tabular import schema_of
 from transmodal.trained_model import Domain, TrainedModel
 
@@ -235,20 +235,21 @@ def _vector_cells(cells: list[Any], path: Path, line: int, columns: list[str]) -
     if len(cells) == 1:
         return _vector_cell(cells[0], path, line, columns[0])
     try:
-        return [float(cell) for cell in cells]
+        return [finite_number(cell) for cell in cells]
     except (TypeError, ValueError):
-        raise InputError(f"{path} line {line}: columns {', '.join(columns)} hold {cells!r:.80}, not numbers "
-                         f"(an empty cell among values, or text)") from None
+        raise InputError(f"{path} line {line}: columns {', '.join(columns)} hold {cells!r:.80}, not finite numbers "
+                         f"(an empty or NaN cell among values, an infinity, or text)") from None
 
 
 def _vector_cell(cell: Any, path: Path, line: int, name: str) -> list[float]:
     """A vector in one cell: a JSON list (JSONL) or numbers separated by spaces, commas or semicolons (CSV)."""
     try:
         if isinstance(cell, list):
-            return [float(value) for value in cell]
-        return [float(value) for value in str(cell).replace(",", " ").replace(";", " ").split()]
+            return [finite_number(value) for value in cell]
+        return [finite_number(value) for value in str(cell).replace(",", " ").replace(";", " ").split()]
     except (TypeError, ValueError):
-        raise InputError(f"{path} line {line}: column '{name}' holds {cell!r}, not a vector of numbers") from None
+        raise InputError(f"{path} line {line}: column '{name}' holds {cell!r:.80}, not a vector of finite "
+                         f"numbers") from None
 
 
 def _from_mapping(trained: TrainedModel, inputs: Mapping[str, Sequence[Any]]) -> Inputs:

@@ -11,6 +11,7 @@ import codecs
 import csv
 import io
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,18 @@ def file_format(path: Path, declared: str, what: str) -> str:
 def is_missing(value: Any) -> bool:
     """Whether a cell holds no value (empty, null, NaN-like text)."""
     return value is None or (not isinstance(value, list | dict) and str(value).strip().lower() in MISSING_CELLS)
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def finite_number(cell: Any) -> float:
+    """A cell's number; ValueError unless float32 holds it as a finite number: NaN, the infinities and values beyond
+    float32's range (which it turns into infinities) would reach the model as non-numbers."""
+    value = float(cell)
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{cell!r} is not a finite float32 number")
+    return value
 
 
 def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str = "data",

@@ -20,7 +20,7 @@ import torch
 
 from transmodal.data import ModalitySpec
 from transmodal.errors import CheckpointError, DataError
-from transmodal.tables import is_missing, label_sort_key
+from transmodal.tables import finite_number, is_missing, label_sort_key
 
 UNSEEN = 0  # the category index of a value that the training split never had, or of an empty cell
 SCHEMA_KEY = "tabular"  # ModalitySpec.extras key (and model.json's) of a tabular modality's schema
@@ -68,16 +68,14 @@ class TabularColumn:
                 if is_missing(cell):
                     continue
                 try:
-                    numeric[index, position] = float(cell)
+                    numeric[index, position] = finite_number(cell)
                 except (TypeError, ValueError):
                     place = where(index) if where is not None else f"sample {index + 1}"
-                    raise DataError(f"{place}: numeric column '{name}' holds {cell!r:.60}, not a number (leave the "
-                                    f"cell empty for a missing value)") from None
+                    raise DataError(f"{place}: numeric column '{name}' holds {cell!r:.60}, not a finite number "
+                                    f"(leave the cell empty for a missing value)") from None
             for position, name in enumerate(categorical_names):
                 cell = row.get(name)
                 categorical[position][index] = None if is_missing(cell) else str(cell).strip()
-        if bool(torch.isinf(numeric).any()):
-            raise DataError("a numeric tabular column holds an infinite value; leave the cell empty or give a number")
         return cls(numeric_names, categorical_names, numeric, categorical)
 
 

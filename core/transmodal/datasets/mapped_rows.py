@@ -22,7 +22,7 @@ from transmodal.data import SOURCE_DOMAIN, TARGET_DOMAIN, Column, DatasetBundle,
 from transmodal.datasets.manifest_params import ColumnMapping, ModalityColumns
 from transmodal.errors import ConfigError, DataError
 from transmodal.kinds import ModalityKind, Storage
-from transmodal.tables import columns_of, is_missing, label_sort_key
+from transmodal.tables import columns_of, finite_number, is_missing, label_sort_key
 from transmodal.tabular import TabularColumn
 
 SPLIT_VALUES = ("train", "val", "test")
@@ -180,10 +180,10 @@ class MappedRows(ABC):
                                 f"fill it, or leave all of {', '.join(columns)} empty to mark the vector absent")
             for position, column in enumerate(columns):
                 try:
-                    values[index, position] = float(row[column])
+                    values[index, position] = finite_number(row[column])
                 except (TypeError, ValueError):
-                    raise DataError(f"{self.where(index)}: vector column '{column}' holds {row[column]!r}, "
-                                    f"not a number") from None
+                    raise DataError(f"{self.where(index)}: vector column '{column}' holds {row[column]!r:.60}, "
+                                    f"not a finite number") from None
         return Modality("vector", values, present)
 
 
