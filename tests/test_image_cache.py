@@ -308,3 +308,12 @@ def test_a_cache_folder_that_cannot_be_one_is_named_with_its_variable(tmp_path, 
     if where == "a-file":
         assert main(["cache", "list"]) == 2
         assert "cannot hold the image cache: it is not a folder" in capsys.readouterr().err
+
+
+def test_16_bit_greyscale_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    from transmodal.images import decode_rgb
+
+    for value, expected in ((1000, 4), (60000, 233), (65535, 255)):  # round(value / 257), give or take one
+        Image.new("I;16", (8, 8), value).save(tmp_path / "grey16.png")
+        assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+        assert all(abs(byte - expected) <= 1 for byte in decode_rgb(tmp_path / "grey16.png", 4))

@@ -47,7 +47,7 @@ IMAGES, STATUS, HEADER = "images.u8", "status.u8", "header.json"
 CHUNK = 64  # files per worker task: large enough to amortise the task's overhead, small enough to balance
 QUEUED_PER_WORKER = 4  # tasks queued per worker process: keeps them busy without making every task up front
 
-DECODER = "pillow-rgb-bilinear-centre-crop"  # part of the key: change it when decode_rgb's output changes
+DECODER = "pillow-rgb-16-bit-scaled-bilinear-centre-crop"  # part of the key: change it when decode_rgb's output changes
 
 
 _ENTRY_NAME = re.compile(rf"{ENTRY_PREFIX}[0-9a-f]{{32}}")

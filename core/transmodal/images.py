@@ -28,7 +28,7 @@ def decode_rgb(path: str | os.PathLike[str] | BinaryIO, size: int) -> bytes:
     touch torch (whose thread pool does not survive a fork)."""
     image_module = pillow()
     with image_module.open(path) as opened:
-        image = opened.convert("RGB")
+        image = _as_8_bit(opened).convert("RGB")
     width, height = image.size
     scale = size / min(width, height)
     resized = (max(size, round(width * scale)), max(size, round(height * scale)))
@@ -36,3 +36,12 @@ def decode_rgb(path: str | os.PathLike[str] | BinaryIO, size: int) -> bytes:
     left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
     image = image.crop((left, top, left + size, top + size))
     return b"".join(channel.tobytes() for channel in image.split())
+
+
+def _as_8_bit(image: Any) -> Any:
+    """16-bit greyscale (PNG, TIFF: Pillow's modes I;16* and I) scaled to 8 bits; Pillow's own conversion clips at
+    255, which turns every image brighter than 255 of 65535 into pure white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        return image.point(lambda value: value / 257).convert("L")
+    return image
+
