@@ -152,12 +152,26 @@ def test_a_file_list_keeps_its_paths_on_disk(tmp_path):
     assert sizes[1] - sizes[0] < 6000 * 8, sizes
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: all Pillow needs to refuse one over its pixel limit."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
 def test_missing_and_undecodable_files_are_marked(tmp_path):
-    paths = _images(tmp_path / "images", 3)
+    paths = _images(tmp_path / "images", 4)
     paths[1].write_bytes(b"this is no image")
+    paths[3].write_bytes(_png_header(20_000, 20_000))  # 400 Mpixel: Pillow's decompression-bomb guard
     paths.append(tmp_path / "images" / "gone.png")
     loaded = ImageCache(tmp_path / "cache", num_workers=1).load(paths, 8)
-    assert loaded.status.tolist() == [STATUS_DECODED, STATUS_UNDECODABLE, STATUS_DECODED, STATUS_MISSING]
+    assert loaded.status.tolist() == [STATUS_DECODED, STATUS_UNDECODABLE, STATUS_DECODED, STATUS_UNDECODABLE,
+                                      STATUS_MISSING]
     assert loaded.images[1].eq(0).all() and loaded.images[3].eq(0).all()
 
 
