@@ -196,6 +196,23 @@ def test_evaluate_data_from_a_config_matches_the_run_on_its_own_dataset(trained)
         assert other[split]["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
 
 
+
+def test_evaluate_data_from_a_config_of_another_image_size_is_refused(trained, tmp_path):
+    import yaml
+
+    from transmodal.errors import InputError
+    from transmodal.evaluate_data import evaluate_on
+
+    run_dir, _ = trained
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    size = config["data"]["dataset"]["image_size"]
+    config["data"]["dataset"]["image_size"] = 2 * size
+    (tmp_path / "larger.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError, match=f"samples have shape \\(3, {2 * size}, {2 * size}\\), the model takes "
+                                         f"\\(3, {size}, {size}\\)"):
+        evaluate_on(run_dir, tmp_path / "larger.yaml")
+
+
 def test_config_yaml_records_every_component_parameter_with_its_default(trained):
     import yaml
 

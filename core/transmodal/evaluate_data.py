@@ -92,6 +92,10 @@ def _split_batches(trained: TrainedModel, bundle: DatasetBundle, name: str) -> I
         if bundle.modalities[modality] != spec.kind:
             raise InputError(f"--data: the dataset's '{modality}' is {bundle.modalities[modality]}, the model's is "
                              f"{spec.kind}")
+        if spec.kind in ("image", "vector") and tuple(split.data[modality].shape[1:]) != tuple(spec.shape):
+            raise InputError(f"--data: the dataset's '{modality}' samples have shape "
+                             f"{tuple(split.data[modality].shape[1:])}, the model takes {tuple(spec.shape)}; give "
+                             f"data of the model's shape (for images: the image size it was trained at)")
     columns: dict[str, Any] = {}
     for modality, spec in trained.modalities.items():
         value = split.data[modality]
