@@ -140,6 +140,26 @@ def test_onnx_matches_pytorch_with_onnxruntime(run_dir, tmp_path, capsys):
                                rtol=1e-4, atol=1e-5)
 
 
+def test_onnx_exports_an_image_only_model_for_any_batch_size(tmp_path):
+    """Without a text modality nothing else marks the batch dimension: it must stay dynamic all the same."""
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(package)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import tiny_experiment_dict
+
+    experiment = tiny_experiment_dict(tmp_path, "trainer.epochs=1", "trainer.device=cpu", "adaptation=[]",
+                                      "model.encoders={image: {name: small-cnn, channels: [8, 16]}}")
+    _, run = transmodal.train(experiment, quiet=True)
+    original = transmodal.load(run)
+    loaded = transmodal.load(original.export(tmp_path / "onnx", "onnx"))
+    for size in (1, 5):
+        batch = sample_batch(original, size=size)
+        torch.testing.assert_close(loaded.forward_logits(batch), original.forward_logits(batch), rtol=1e-4, atol=1e-5)
+
+
 def test_onnx_without_its_packages_names_the_extra(run_dir, tmp_path, monkeypatch):
     import builtins
 

@@ -211,7 +211,12 @@ def export_onnx(trained: TrainedModel, domain: Domain, path: Path) -> list[list[
     check = sample_batch(trained, size=3, length=5)
     with torch.no_grad(), statistics.active() if statistics else contextlib.nullcontext():
         expected = wrapper(check).cpu()
-    got = OnnxModel(session, inputs)(check)
+    try:
+        got = OnnxModel(session, inputs)(check)
+    except Exception as error:  # onnxruntime's own: e.g. a dimension the export fixed at the sample's size
+        raise ConfigError(f"the ONNX model does not run on a batch of another size or text length "
+                          f"({type(error).__name__}: {str(error).strip()[:300]}); export it with --format safetensors "
+                          f"or torchscript") from None
     if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
         difference = (expected - got).abs().max() if expected.shape == got.shape else "shapes differ"
         raise ConfigError(f"the ONNX model does not reproduce the model on a batch of another size or text length "

@@ -155,5 +155,5 @@ class LateFusionHeads(nn.Module):
 
 def _batch_size(batch: dict[str, torch.Tensor]) -> int:
     for value in batch.values():
-        return int(value.shape[0])
+        return value.shape[0]  # not int(): under torch.export that would fix the batch size at the sample's
     raise ValueError("empty batch")
