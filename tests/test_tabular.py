@@ -228,3 +228,12 @@ def test_predict_refuses_a_partial_table_and_bad_cells(image_and_table, tmp_path
     assert main(["predict", str(run_dir), str(_write(tmp_path / "bad.csv", rows))]) == 2
     err = capsys.readouterr().err
     assert "bad.csv:3: numeric column 'size' holds 'huge', not a finite number" in err and "Traceback" not in err
+
+
+def test_rank_scores_tabular_encoders_and_a_trained_tabular_run(tmp_path):
+    manifest = _write(tmp_path / "table.csv", _rows())
+    experiment = _experiment(tmp_path, manifest, {"table": TABLE}, {"table": {"name": "tabular"}}, epochs=1)
+    _, run_dir = transmodal.train(experiment, quiet=True)
+    ranking = transmodal.rank(experiment, candidates=["tabular", run_dir])
+    assert sorted(c.label for c in ranking.candidates) == sorted(["tabular", run_dir.name])
+    assert all(abs(value) < float("inf") for c in ranking.candidates for value in c.scores.values())

@@ -48,6 +48,7 @@ from transmodal.encoder import ImageInput
 from transmodal.errors import ConfigError, DataError
 from transmodal.fusion import pool_tokens
 from transmodal.plugins import Plugins, get_plugins
+from transmodal.tabular import SCHEMA_KEY, TabularColumn, TabularSchema, schema_of
 from transmodal.transferability import (
     NLEEP_COMPONENTS_PER_CLASS,
     gaussian_mixture_posteriors,
@@ -385,7 +386,7 @@ def _rows(chosen: Split, modality: str, max_samples: int | None, seed: int, spli
 
 
 def _take(column: Any, rows: torch.Tensor) -> Any:
-    if isinstance(column, MappedColumn):
+    if isinstance(column, MappedColumn | TabularColumn):
         return column.select(rows)
     if isinstance(column, torch.Tensor):
         return column[rows]
@@ -399,6 +400,10 @@ def _encoder_inputs(experiment: Experiment, components: dict[str, ResolvedCompon
     from transmodal.experiment import _tokenizer_texts, tokenizer_for
 
     values = _take(column, rows)
+    if kind == "tabular":  # encoded as training does: with the training split's statistics and categories
+        schema = TabularSchema.fit(bundle.train.data[modality])
+        return (ModalitySpec(modality, kind, shape=(schema.width,), extras={SCHEMA_KEY: schema.to_dict()}),
+                schema.encode(values))
     if kind != "text":
         return ModalitySpec(modality, kind, shape=tuple(column.shape[1:])), values
     texts = _tokenizer_texts(bundle, modality, experiment.data.tokenizer_fit)
@@ -449,6 +454,8 @@ def _run_features(candidate: Candidate, modality: str, kind: str, column: Any, r
     values = _take(column, rows)
     if kind == "text":
         values = spec.tokenizer.encode_batch(list(values))
+    elif kind == "tabular":  # the run's own schema: its training split's statistics and categories
+        values = schema_of(spec).encode(values)
     elif kind == "image" and tuple(values.shape[1:2]) != tuple(spec.shape[:1]):
         raise DataError(f"candidate '{candidate.label}': the run was trained on {spec.shape[0]}-channel images, "
                         f"these have {values.shape[1]} channels")
