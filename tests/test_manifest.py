@@ -328,3 +328,12 @@ def test_the_example_config_validates(tmp_path):
     experiment = load_experiment(Path(__file__).parent.parent / "examples" / "manifest_shapes.yaml")
     assert experiment.data.dataset.name == "manifest"
     validate_components(experiment, get_plugins())
+
+
+def test_a_cell_longer_than_csvs_default_limit_is_read_whole(tmp_path: Path):
+    from transmodal.tables import read_rows
+
+    document = "word " * 40_000  # 200,000 characters: a long review or article
+    (tmp_path / "long.csv").write_text(f'text,label\n"{document}",a\nshort,b\n')
+    rows = read_rows(tmp_path / "long.csv", "csv")
+    assert [row["text"] for row in rows] == [document, "short"]

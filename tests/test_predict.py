@@ -127,6 +127,15 @@ def test_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys, arguments, m
     assert message in err and "Traceback" not in err
 
 
+def test_a_row_without_any_modality_is_refused_by_its_id(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("id,text\nfirst,a calm red circle\nsecond,\n")
+    assert main(["predict", str(run_dir), str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "1 inputs have none of the model's modalities" in err and "e.g. second;" in err
+
+
 def test_predictions_never_replace_an_input_or_a_file_of_the_model(trained, tmp_path, capsys):
     run_dir, _ = trained
     inputs = tmp_path / "inputs.csv"

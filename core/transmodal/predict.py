@@ -282,7 +282,12 @@ def _value(spec: ModalitySpec, value: Any) -> Any:
 
 
 def batches(trained: TrainedModel, inputs: Inputs, batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
-    """Model batches of ``inputs``: images decoded, texts tokenised, presence masks where values are absent."""
+    """Model batches of ``inputs``: images decoded, texts tokenised, presence masks where values are absent. A
+    sample with no modality at all is refused: the model could only answer it with a guess."""
+    empty = [inputs.ids[i] for i in range(len(inputs)) if all(column[i] is None for column in inputs.values.values())]
+    if empty:
+        raise InputError(f"{len(empty)} inputs have none of the model's modalities ({_describe(trained)}), e.g. "
+                         f"{empty[0]}; give each at least one, or leave those out")
     for start in range(0, len(inputs), batch_size):
         stop = min(start + batch_size, len(inputs))
         batch: Batch = {}

@@ -62,7 +62,8 @@ def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str =
     if file_format == "parquet":
         return _read_parquet(path, what)
     rows: list[dict[str, Any]] = []
-    file = io.StringIO(_decode(path, encoding, what, encoding_option), newline="")
+    text = _decode(path, encoding, what, encoding_option)
+    file = io.StringIO(text, newline="")
     if file_format == "jsonl":
         for number, line in enumerate(file, start=1):
             if not line.strip():
@@ -78,6 +79,9 @@ def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str =
                 raise DataError(f"{what}: {path} line {number} must be a JSON object")
             rows.append({**row, LINE: number})
     else:
+        # The file is in memory already: a cell as long as the file costs nothing more than csv's default limit
+        # (131,072 characters), which would refuse a long document.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
         reader = csv.DictReader(file, delimiter="\t" if file_format == "tsv" else ",")
         try:
             repeated = [name for name, count in Counter(reader.fieldnames or []).items() if count > 1]
