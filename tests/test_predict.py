@@ -260,6 +260,14 @@ def test_python_api_refuses_a_count_that_is_not_a_positive_whole_number(trained,
         transmodal.load(trained[0]).predict(["a calm red circle"], **option)
 
 
+
+def test_python_api_takes_numpys_whole_numbers_as_counts(trained):
+    numpy = pytest.importorskip("numpy")
+    records = transmodal.load(trained[0]).predict(["a calm red circle"], top_k=numpy.int64(2),
+                                                   batch_size=numpy.int32(8))
+    assert len(records[0]["top_k"]) == 2
+
+
 def test_a_long_text_or_one_starting_with_a_tilde_is_a_text_not_a_path(trained):
     model = transmodal.load(trained[0])
     for text in ("circle " * 60, "~nobody-by-this-name said circle"):

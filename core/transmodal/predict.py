@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import numbers
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -372,11 +373,11 @@ def predict(
     ``top_k`` classes with their probabilities, best first. ``domain`` chooses the BatchNorm statistics that
     per-domain BatchNorm kept for each domain (source: as trained; target: the target's)."""
     for name, value in (("top_k", top_k), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:  # NumPy's too
             raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
     trained.check_domain(domain)
     read = read_inputs(trained, inputs, modality)
-    k = min(top_k, len(trained.classes))
+    k, batch_size = min(int(top_k), len(trained.classes)), int(batch_size)
     records: list[dict[str, Any]] = []
     for batch in batches(trained, read, batch_size):
         probabilities = torch.softmax(trained.forward_logits(batch, domain), dim=1).cpu()
