@@ -21,6 +21,10 @@ def pillow() -> Any:
     return Image
 
 
+# The files read as images: by predict, and by the datasets that list image folders.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+
+
 def decode_rgb(path: str | os.PathLike[str] | BinaryIO, size: int) -> bytes:
     """One image (a file, or a binary stream such as an image a Hugging Face dataset holds) as RGB uint8 bytes
     in (3, size, size) order: shorter side resized to ``size`` (antialiased), then centre-cropped, as

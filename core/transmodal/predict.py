@@ -24,13 +24,12 @@ import torch
 
 from transmodal.data import Batch, ModalitySpec, presence_key
 from transmodal.errors import DataError, InputError
-from transmodal.images import decode_rgb, pillow
+from transmodal.images import IMAGE_SUFFIXES, decode_rgb, pillow
 from transmodal.run_dir import write_text_atomic
 from transmodal.tables import FORMATS, LINE, columns_of, file_format, finite_number, is_missing, read_rows
 from transmodal.tabular import schema_of
 from transmodal.trained_model import Domain, TrainedModel
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 TEXT_FILE_SUFFIXES = frozenset({".txt"})
 LABEL_COLUMN = "label"
 ID_COLUMN = "id"

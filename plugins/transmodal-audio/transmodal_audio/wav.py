@@ -23,6 +23,11 @@ def read_wav(path: Path, sample_rate: int, samples: int) -> torch.Tensor:
     if rate != sample_rate:
         raise DataError(f"{path} is sampled at {rate} Hz, not the dataset's sample_rate {sample_rate}; convert it "
                         f"(sox IN -r {sample_rate} OUT.wav) or set sample_rate: {rate} (and the encoder's)")
+    frame = width * channels
+    if len(frames) % frame:  # the file ends inside a frame: cut short while it was written or copied
+        raise DataError(f"{path} is truncated: its audio data ends {len(frames) % frame} byte(s) into a frame of "
+                        f"{frame} bytes ({channels} channel(s) of {8 * width} bits); replace it with a complete "
+                        f"copy, or remove it from the folder")
     raw = torch.frombuffer(bytearray(frames), dtype=torch.uint8) if frames else torch.zeros(0, dtype=torch.uint8)
     if width == 1:  # unsigned 8-bit
         values = (raw.float() - 128.0) / 128.0

@@ -166,8 +166,8 @@ class _Table:
         self.lines = [row["__line__"] for row in rows]
         self.texts = [_column(row, params.text_column, path, available, required=False) for row in rows]
         self.labels = [label for label in labels if label is not None]
-        self.domains = (
-            [_column(row, params.domain_column, path, available) for row in rows]
+        self.domains = (  # stripped as labels are: "b " after a comma and a space is domain "b", not a source domain
+            [_column(row, params.domain_column, path, available).strip() for row in rows]
             if params.domain_column is not None else None
         )
 
@@ -175,6 +175,41 @@ class _Table:
         if self.domains is None or target_domain is None:
             return torch.zeros(len(self.texts), dtype=torch.bool)
         return torch.tensor([domain == target_domain for domain in self.domains], dtype=torch.bool)
+
+    def check_domains(self, target_domain: str, source_domains: set[str] | None = None) -> None:
+        """Refuse a domain that is neither the target nor a source domain: a spelling of the target that differs only
+        in case (it would put target rows, labels and all, into training), and in a test file (``source_domains``
+        given) a domain the training file never names."""
+        assert self.domains is not None
+        found = sorted(set(self.domains))
+        for line, domain in zip(self.lines, self.domains):
+            if domain == target_domain or (source_domains is not None and domain in source_domains):
+                continue
+            count = sum(value == domain for value in self.domains)
+            if domain.casefold() == target_domain.casefold():
+                raise DataError(
+                    f"text-csv: {self.path} line {line}: domain '{domain}' differs from the target domain "
+                    f"'{target_domain}' only in case ({count} such rows; its domains are {found}); write it "
+                    f"'{target_domain}' if it is the target domain, or rename it if it is a source domain"
+                )
+            if source_domains is not None:
+                raise DataError(
+                    f"text-csv: {self.path} line {line}: domain '{domain}' is neither the target domain "
+                    f"'{target_domain}' nor a source domain of the training file ({sorted(source_domains)}; "
+                    f"{count} such rows); correct it, or leave such rows out of the test file"
+                )
+
+    def check_labels_known(self, classes: list[str], training_path: Path) -> None:
+        """Refuse a label of this (test) file that the training file never has."""
+        known = set(classes)
+        unknown = [(line, label) for line, label in zip(self.lines, self.labels) if label not in known]
+        if unknown:
+            line, label = unknown[0]
+            raise DataError(
+                f"text-csv: {self.path} line {line}: label '{label}' never occurs in the training file "
+                f"{training_path}, whose classes are {classes} ({len(unknown)} such rows); correct the label, or "
+                f"list every class in data.dataset.classes to evaluate on a class that training never sees"
+            )
 
     def label_ids(self, classes: list[str]) -> torch.Tensor:
         index = {name: i for i, name in enumerate(classes)}
@@ -206,8 +241,14 @@ def build_text_csv(params: TextCSVParams, seed: int = 0) -> DatasetBundle:
         if params.target_domain not in found:
             raise DataError(f"text-csv: target domain '{params.target_domain}' does not occur in {params.path}; "
                             f"its domains are {found}")
-    tables = [main] + ([test] if test is not None else [])
-    classes = params.classes or sorted({label for table in tables for label in table.labels}, key=label_sort_key)
+        main.check_domains(params.target_domain)
+        if test is not None:
+            test.check_domains(params.target_domain, set(found) - {params.target_domain})
+    # The classes are the training file's labels: a label only the test file has ("1.0" against "1") is a typo
+    # rather than a class, unless classes: lists it.
+    classes = params.classes or sorted(set(main.labels), key=label_sort_key)
+    if test is not None and not params.classes:
+        test.check_labels_known(classes, params.path)
     if len(classes) < 2:
         raise DataError(f"text-csv: {params.path} has {len(classes)} class; a classifier needs at least two")
 

@@ -120,6 +120,20 @@ class TextCSVParams(_Params):
 
     _known_encoding = field_validator("encoding")(known_encoding)
 
+    @field_validator("target_domain")
+    @classmethod
+    def _stripped_target(cls, value: str | None) -> str | None:
+        return value.strip() if value is not None else None  # domain cells are read without surrounding spaces
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        # a repeated name would add a model output that no label ever reaches
+        repeated = [name for index, name in enumerate(value or []) if name in (value or [])[:index]]
+        if repeated:
+            raise ValueError(f"class '{repeated[0]}' is listed more than once; list each class once")
+        return value
+
     @model_validator(mode="after")
     def _target_needs_domain(self) -> TextCSVParams:
         if self.target_domain is not None and self.domain_column is None:

@@ -8,6 +8,8 @@ tensors like every other dataset, or, with ``storage: mmap``, read them batch by
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +19,12 @@ from transmodal.data import DatasetBundle, MappedColumn, Split, select_rows
 from transmodal.errors import DataError
 from transmodal.file_list import FileList
 from transmodal.image_cache import STATUS_DECODED, ImageCache
+from transmodal.images import IMAGE_SUFFIXES
 
 from transmodal_vision.params import ImageFolderParams
 
-EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp"})
+# The suffixes `transmodal predict` takes as images, so a model can be trained on every kind of file it predicts on.
+EXTENSIONS = IMAGE_SUFFIXES
 
 
 @dataclass
@@ -47,10 +51,15 @@ def scan(root: Path, what: str, directory: Path | None = None) -> Listing:
         raise DataError(f"image-folder {what} {root} has no class sub-folders (expected {root}/<class>/<image>)")
     files = FileList(directory=directory)
     counts = []
+    skipped: Counter[str] = Counter()  # suffixes of the files that are not images, so their number can be told
     for name in classes:
         before = len(files)
-        files.extend(_images_under(os.path.join(root, name)))
+        files.extend(_images_under(os.path.join(root, name), skipped))
         counts.append(len(files) - before)
+    if skipped:
+        kinds = ", ".join(f"{suffix or 'no suffix'}: {count}" for suffix, count in sorted(skipped.items()))
+        warnings.warn(f"image-folder {what} {root}: skipped {skipped.total()} file(s) that are not images ({kinds}); "
+                      f"images are {', '.join(sorted(EXTENSIONS))}", stacklevel=2)
     empty = [name for name, count in zip(classes, counts) if count == 0]
     if empty:
         files.close()
@@ -61,18 +70,23 @@ def scan(root: Path, what: str, directory: Path | None = None) -> Listing:
     return Listing(classes, files, counts)
 
 
-def _images_under(folder: str) -> Iterator[str]:
+def _images_under(folder: str, skipped: Counter[str]) -> Iterator[str]:
     """The image files under ``folder``, depth first with each folder's entries sorted by name (the order of
-    sorting the whole tree's paths); hidden entries skipped, symbolic links to folders not followed (as rglob)."""
+    sorting the whole tree's paths); hidden entries skipped, symbolic links to folders not followed (as rglob).
+    Other files are counted in ``skipped`` by their (lower-case) suffix."""
     with os.scandir(folder) as entries:
         listed = sorted((entry.name, entry.is_dir() and not entry.is_symlink(), entry.is_file())
                         for entry in entries if not entry.name.startswith("."))
     for name, is_folder, is_file in listed:
         path = os.path.join(folder, name)
         if is_folder:
-            yield from _images_under(path)
-        elif is_file and os.path.splitext(name)[1].lower() in EXTENSIONS:
-            yield path
+            yield from _images_under(path, skipped)
+        elif is_file:
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in EXTENSIONS:
+                yield path
+            else:
+                skipped[suffix] += 1
 
 
 def _load(listing: Listing, class_index: dict[str, int], params: ImageFolderParams,
