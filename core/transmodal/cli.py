@@ -240,18 +240,21 @@ def _report(error: TransmodalError, status: int, args: argparse.Namespace | None
 
 
 def _plain_plugin_warnings() -> None:
-    """Plugin warnings as one plain line each (no source line), each message once however often it is raised."""
+    """Plugin and data warnings as one plain line each (no source line), each message once however often it is
+    raised."""
+    from transmodal.errors import DataWarning
     from transmodal.plugins import PluginWarning
 
     shown = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, PluginWarning):
+        if issubclass(category, PluginWarning | DataWarning):
             print(f"transmodal: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, *args, **kwargs)
 
-    warnings.filterwarnings("once", category=PluginWarning)
+    for category in (PluginWarning, DataWarning):
+        warnings.filterwarnings("once", category=category)
     warnings.showwarning = show
 
 

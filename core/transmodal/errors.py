@@ -52,3 +52,9 @@ class TrainingDiverged(TransmodalError):
 
 class DistributedError(TransmodalError):
     """A process of a run under torchrun stopped or stopped answering, so the others stop too (CLI exit status 1)."""
+
+
+class DataWarning(UserWarning):
+    """Data was read, but not all of it as given (files skipped, a cache entry rebuilt): the CLI shows it as one
+    plain line."""
+

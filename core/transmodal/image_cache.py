@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from transmodal.errors import ConfigError
+from transmodal.errors import ConfigError, DataWarning
 from transmodal.images import decode_rgb, pillow
 
 CACHE_FORMAT = 2  # 2: the key streamed into SHA-256 file by file (1 hashed one JSON list)
@@ -115,7 +115,7 @@ class ImageCache:
             if problem is None:
                 return _open(entry, shape, reused=True)
             warnings.warn(f"image cache entry {entry} is unusable ({problem}); decoding the images again",
-                          stacklevel=2)
+                          DataWarning, stacklevel=2)
             shutil.rmtree(entry, ignore_errors=True)
         self._build(entry, files, status, size, key_sha, shape)
         return _open(entry, shape, reused=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from transmodal.data import DatasetBundle, MappedColumn, Split, select_rows
-from transmodal.errors import DataError
+from transmodal.errors import DataError, DataWarning
 from transmodal.file_list import FileList
 from transmodal.image_cache import STATUS_DECODED, ImageCache
 from transmodal.images import IMAGE_SUFFIXES
@@ -59,7 +59,7 @@ def scan(root: Path, what: str, directory: Path | None = None) -> Listing:
     if skipped:
         kinds = ", ".join(f"{suffix or 'no suffix'}: {count}" for suffix, count in sorted(skipped.items()))
         warnings.warn(f"image-folder {what} {root}: skipped {skipped.total()} file(s) that are not images ({kinds}); "
-                      f"images are {', '.join(sorted(EXTENSIONS))}", stacklevel=2)
+                      f"images are {', '.join(sorted(EXTENSIONS))}", DataWarning, stacklevel=2)
     empty = [name for name, count in zip(classes, counts) if count == 0]
     if empty:
         files.close()
