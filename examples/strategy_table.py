@@ -98,6 +98,8 @@ def verdict(values: list[float], baseline: list[float], name: str) -> str:
     """How a row's source-val-selected target accuracy compares with a baseline row's."""
     (mean, std), (base_mean, base_std) = mean_std(values), mean_std(baseline)
     delta = 100 * (mean - base_mean)
+    if min(len(values), len(baseline)) < 2:  # one seed has no spread to judge a difference by
+        return f"{delta:+.1f} (one seed: no spread to judge by)"
     if delta <= 0:
         return f"{delta:+.1f}: does not beat {name}"
     if delta <= 100 * max(std, base_std):
@@ -192,6 +194,9 @@ def main() -> None:
     strategies = get_plugins().registry("strategy")
     chosen = {label: adaptation for label, adaptation in STRATEGIES.items()
               if any(fnmatch.fnmatchcase(label, p) for p in args.only)}
+    unmatched = [p for p in args.only if not any(fnmatch.fnmatchcase(label, p) for label in STRATEGIES)]
+    if unmatched:  # a typo would silently drop a row from the table
+        parser.error(f"--only {' '.join(unmatched)} matches no row; the rows are: {', '.join(STRATEGIES)}")
     missing = {label for label, adaptation in chosen.items() if any(s["name"] not in strategies for s in adaptation)}
     for label in sorted(missing):
         print(f"skipping {label}: not installed (lora, dora and ia3 come with transmodal-peft)")

@@ -195,3 +195,16 @@ def test_a_diverging_run_stops_with_the_epoch_and_keeps_no_checkpoint_of_it(tmp_
     assert "no checkpoint was written" in message and "lower optimizer.lr" in message
     run_dir = tmp_path / "runs" / "diverged"
     assert not (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_closed_pipe_on_stdout_stops_quietly(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """`transmodal components | head -1`: the reader is gone, which is no error of the user's or of transmodal's."""
+    import io
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["components"]) == 141
+    assert capsys.readouterr().err == ""

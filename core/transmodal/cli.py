@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transmodal.distributed import World
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 128 + signal.SIGTERM
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # what a shell reports for a program that `| head` stopped
 
 
 class Terminated(KeyboardInterrupt):
@@ -229,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             _ignore_sigterm()
             print("terminated" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
             return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+        except BrokenPipeError:  # the reader of stdout stopped (`transmodal compare ... | head`): stop quietly
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # then flushing at exit fails no more
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE_CLOSED
 
 
 def _report(error: TransmodalError, status: int, args: argparse.Namespace | None) -> int:
