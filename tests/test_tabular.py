@@ -74,10 +74,10 @@ def test_schema_is_learnt_from_the_given_cells_only():
     # empty numeric cells become the training mean; an unseen category and an empty cell the reserved index
     assert schema.encode(other).tolist() == [[7.0, 5.0, 2.0], [2.0, 1.0, float(UNSEEN)]]
     assert TabularSchema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
-    with pytest.raises(DataError, match=r"sample 1: numeric column 'a' holds 'many', not a finite number"):
+    with pytest.raises(DataError, match=r"sample 1: numeric column 'a' holds 'many', not a finite float32 number"):
         TabularColumn.from_rows(["a"], [], [{"a": "many"}])
     for beyond_float32 in ("inf", "-1e39"):  # float32 would hold an infinity: the model would see no number
-        with pytest.raises(DataError, match=f"holds '{beyond_float32}', not a finite number"):
+        with pytest.raises(DataError, match=f"holds '{beyond_float32}', not a finite float32 number"):
             TabularColumn.from_rows(["a"], [], [{"a": beyond_float32}])
 
 
@@ -146,7 +146,7 @@ def test_data_mistakes_name_the_line(tmp_path):
     rows = _rows(9)
     rows[3]["size"] = "big"
     manifest = _write(tmp_path / "table.csv", rows)
-    with pytest.raises(DataError, match=r"table\.csv line 5: numeric column 'size' holds 'big', not a finite number"):
+    with pytest.raises(DataError, match=r"table\.csv line 5: numeric column 'size' holds 'big', not a finite float32 number"):
         transmodal.assemble(_experiment(tmp_path, manifest, {"table": TABLE}, {"table": {"name": "tabular"}}))
     experiment = _experiment(tmp_path, manifest, {"table": {**TABLE, "categorical": ["shopp"]}},
                              {"table": {"name": "tabular"}})
@@ -227,7 +227,7 @@ def test_predict_refuses_a_partial_table_and_bad_cells(image_and_table, tmp_path
     rows[1]["size"] = "huge"
     assert main(["predict", str(run_dir), str(_write(tmp_path / "bad.csv", rows))]) == 2
     err = capsys.readouterr().err
-    assert "bad.csv:3: numeric column 'size' holds 'huge', not a finite number" in err and "Traceback" not in err
+    assert "bad.csv:3: numeric column 'size' holds 'huge', not a finite float32 number" in err and "Traceback" not in err
 
 
 def test_rank_scores_tabular_encoders_and_a_trained_tabular_run(tmp_path):

@@ -237,8 +237,9 @@ def _vector_cells(cells: list[Any], path: Path, line: int, columns: list[str]) -
     try:
         return [finite_number(cell) for cell in cells]
     except (TypeError, ValueError):
-        raise InputError(f"{path} line {line}: columns {', '.join(columns)} hold {cells!r:.80}, not finite numbers "
-                         f"(an empty or NaN cell among values, an infinity, or text)") from None
+        raise InputError(f"{path} line {line}: columns {', '.join(columns)} hold {cells!r:.80}, not finite float32 "
+                         f"numbers (an empty or NaN cell among values, an infinity, beyond ±3.4e38, or "
+                         f"text)") from None
 
 
 def _vector_cell(cell: Any, path: Path, line: int, name: str) -> list[float]:
@@ -249,7 +250,7 @@ def _vector_cell(cell: Any, path: Path, line: int, name: str) -> list[float]:
         return [finite_number(value) for value in str(cell).replace(",", " ").replace(";", " ").split()]
     except (TypeError, ValueError):
         raise InputError(f"{path} line {line}: column '{name}' holds {cell!r:.80}, not a vector of finite "
-                         f"numbers") from None
+                         f"float32 numbers") from None
 
 
 def _from_mapping(trained: TrainedModel, inputs: Mapping[str, Sequence[Any]]) -> Inputs:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,15 @@ def is_missing(value: Any) -> bool:
     return value is None or (not isinstance(value, list | dict) and str(value).strip().lower() in MISSING_CELLS)
 
 
-FLOAT32_MAX = 3.4028234663852886e38
-
-
 def finite_number(cell: Any) -> float:
     """A cell's number; ValueError unless float32 holds it as a finite number: NaN, the infinities and values beyond
-    float32's range (which it turns into infinities) would reach the model as non-numbers."""
+    float32's range (about ±3.4e38, which it would turn into infinities) would reach the model as non-numbers."""
     value = float(cell)
-    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
-        raise ValueError(f"{cell!r} is not a finite float32 number")
+    if not math.isfinite(value):
+        raise ValueError(f"{cell!r} is not a finite number")
+    (as_float32,) = struct.unpack("f", struct.pack("f", value))  # rounded as a float32 tensor would round it
+    if not math.isfinite(as_float32):
+        raise ValueError(f"{cell!r} is beyond float32's range")
     return value
 
 
@@ -80,8 +81,8 @@ def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str =
             rows.append({**row, LINE: number})
     else:
         # The file is in memory already: a cell as long as the file costs nothing more than csv's default limit
-        # (131,072 characters), which would refuse a long document.
-        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+        # (131,072 characters), which would refuse a long document. The limit is process-wide: restored after.
+        limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
         reader = csv.DictReader(file, delimiter="\t" if file_format == "tsv" else ",")
         try:
             repeated = [name for name, count in Counter(reader.fieldnames or []).items() if count > 1]
@@ -98,6 +99,8 @@ def read_rows(path: Path, file_format: str, encoding: str = "utf-8", what: str =
                 rows.append({**row, LINE: reader.line_num})
         except csv.Error as error:
             raise DataError(f"{what}: {path} line {reader.line_num}: {error}") from None
+        finally:
+            csv.field_size_limit(limit)
     return rows
 
 

@@ -71,8 +71,8 @@ class TabularColumn:
                     numeric[index, position] = finite_number(cell)
                 except (TypeError, ValueError):
                     place = where(index) if where is not None else f"sample {index + 1}"
-                    raise DataError(f"{place}: numeric column '{name}' holds {cell!r:.60}, not a finite number "
-                                    f"(leave the cell empty for a missing value)") from None
+                    raise DataError(f"{place}: numeric column '{name}' holds {cell!r:.60}, not a finite float32 "
+                                    f"number (leave the cell empty for a missing value)") from None
             for position, name in enumerate(categorical_names):
                 cell = row.get(name)
                 categorical[position][index] = None if is_missing(cell) else str(cell).strip()

@@ -433,7 +433,9 @@ class Trainer:
             step.metrics = {}  # each strategy's own, logged under its name as its loss terms are
             for name, value in strategy.loss_terms(step).items():
                 terms[f"{strategy.name}.{name}"] = value.float()
-            metrics.update({f"{strategy.name}.{name}": value for name, value in step.metrics.items()})
+            # A key written with the name already ("mmd.x", as the guide once asked) keeps one prefix
+            metrics.update({f"{strategy.name}.{name.removeprefix(f'{strategy.name}.')}": value
+                            for name, value in step.metrics.items()})
         return terms, metrics
 
     def _step_module(self) -> nn.Module:
@@ -611,7 +613,8 @@ class Trainer:
             value = float(self.validator.score(context))
             tiebreak = float(self.validator.tiebreak(context))
             # The run's own validator is logged beside the panel when the panel lacks it (a plugin's validator)
-            own = {self.validator.name: value} if self.config.score_validators and math.isfinite(value) else {}
+            label_free = self.config.score_validators and not self.validator.oracle
+            own = {self.validator.name: value} if label_free and math.isfinite(value) else {}
             scores = own | score_panel(self.panel, context)
         # Every rank scored the same samples with the same weights; rank 0's scores decide for all of them.
         value, tiebreak, scores = self.world.from_main((value, tiebreak, scores))

@@ -183,7 +183,7 @@ class MappedRows(ABC):
                     values[index, position] = finite_number(row[column])
                 except (TypeError, ValueError):
                     raise DataError(f"{self.where(index)}: vector column '{column}' holds {row[column]!r:.60}, "
-                                    f"not a finite number") from None
+                                    f"not a finite float32 number") from None
         return Modality("vector", values, present)
 
 

@@ -6,6 +6,7 @@ Texts stay strings here; the experiment's tokenizer numericalises each split onc
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,11 +182,10 @@ class _Table:
         in case (it would put target rows, labels and all, into training), and in a test file (``source_domains``
         given) a domain the training file never names."""
         assert self.domains is not None
-        found = sorted(set(self.domains))
-        for line, domain in zip(self.lines, self.domains):
-            if domain == target_domain or (source_domains is not None and domain in source_domains):
-                continue
-            count = sum(value == domain for value in self.domains)
+        counts = Counter(self.domains)
+        found = sorted(counts)
+        for domain in sorted(set(counts) - {target_domain} - (source_domains or set())):
+            line, count = self.lines[self.domains.index(domain)], counts[domain]
             if domain.casefold() == target_domain.casefold():
                 raise DataError(
                     f"text-csv: {self.path} line {line}: domain '{domain}' differs from the target domain "
