@@ -88,9 +88,10 @@ def test_grid_mistakes_are_refused_before_any_run(tmp_path: Path, capsys: pytest
     for bad, message in ((["--over", "trainer.seed=1,2"], "--seeds"), (["--over", "optimizer.lr"], "--over expects"),
                          (["--over", "optimizer.lr=1,1"], "distinct"), (["--seeds", "1", "1"], "each seed once"),
                          (["--over", "trainer.batch_size=64,0x40"], "64 and 0x40 are one value"),
-                         (["--over", "optimizer.lr=0.001,1e-3"], "optimizer.lr=1e-3 gives the same experiment as "
+                         (["--over", "optimizer.lr=0.001,1e-3"], "optimizer.lr=1e-3 trains the same experiment as "
                                                                   "seed=0 optimizer.lr=0.001"),
                          (["--over", "trainer={seed: 1},{seed: 2}"], "a whole section holds trainer.seed"),
+                         (["--over", "model.fusion.hidden=32,'32'"], "trains the same experiment as"),
                          (["--seeds", "0", "--resume", str(tmp_path)], "--resume")):
         assert main(["train", str(config), *bad]) == 2
         assert message in capsys.readouterr().err
@@ -133,7 +134,7 @@ def test_compare_names_a_run_file_of_the_wrong_shape(tmp_path: Path, capsys: pyt
 def test_compare_counts_a_run_once_however_it_is_named(tmp_path: Path):
     run = fake_run(tmp_path, "a", {"seed": 0}, (0.5, 0.6), "source-val")
     (tmp_path / "link").symlink_to(run)
-    for twice in ([run, run], [run, tmp_path / "link"], [run, Path(f"{run}/")]):
+    for twice in ([run, run], [run, tmp_path / "link"], [run, tmp_path / "x" / ".." / "a"]):
         with pytest.raises(ConfigError, match="named twice .or through a link.; each run counts once"):
             compare(twice)
 

@@ -278,3 +278,9 @@ def test_a_label_free_validator_needs_target_data(tiny):
     experiment = tiny("validator.name=infomax", "data.dataset.target_train_size=0", "adaptation=[{name: finetune}]")
     with pytest.raises(ConfigError, match="validator: 'infomax' scores unlabelled target data"):
         transmodal.train(experiment, quiet=True)
+
+
+def test_the_oracle_as_the_runs_validator_is_not_listed_among_the_label_free_ones(tiny):
+    summary, run_dir = transmodal.train(tiny("trainer.epochs=1", "validator.name=oracle"), quiet=True)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "oracle" not in history[0]["validators"] and "oracle" not in summary["validators"]["by_validator"]

@@ -14,6 +14,7 @@ import difflib
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import sys
@@ -230,10 +231,27 @@ def main(argv: list[str] | None = None) -> int:
             _ignore_sigterm()
             print("terminated" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
             return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
-        except BrokenPipeError:  # the reader of stdout stopped (`transmodal compare ... | head`): stop quietly
-            with contextlib.suppress(OSError, ValueError, AttributeError):  # then flushing at exit fails no more
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_PIPE_CLOSED
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise  # another pipe (a worker's): a real failure
+            return EXIT_PIPE_CLOSED  # the reader of stdout stopped (`transmodal compare ... | head`): quietly
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader is gone (poll reports an error on its end); if so, stdout is pointed
+    at /dev/null so that flushing it at exit stays quiet."""
+    try:
+        descriptor = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(descriptor, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, descriptor)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no descriptor, or no poll (Windows): not known to be closed
+        return False
+    return True
 
 
 def _report(error: TransmodalError, status: int, args: argparse.Namespace | None) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from transmodal.config import (
-    Experiment, NAME_MAX_BYTES, load_experiment, validate_components,
+    Experiment, NAME_MAX_BYTES, load_experiment, resolved_config, validate_components,
 )
 from transmodal.errors import ConfigError, TransmodalError
 from transmodal.yaml_limits import parse_yaml
@@ -146,23 +146,27 @@ def plan(config: Path | None, overrides: Sequence[str], seeds: Sequence[int] | N
     stem = base.output.name or f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plugins = get_plugins()
     runs: list[GridRun] = []
-    experiments: list[Experiment] = []
+    experiments: list[dict[str, object]] = []  # each run's resolved config, output aside
     for seed, *chosen in itertools.product(seed_list, *(values for _, values in axes)):
         values = [(key, value) for (key, _), value in zip(axes, chosen)]
         name = _run_name(stem, seed, values)
         settings = [*overrides, *(f"{key}={value}" for key, value in values), f"trainer.seed={seed}"]
         try:
             experiment = load_experiment(config, settings)
-            validate_components(experiment, plugins)
+            resolved = resolved_config(experiment, validate_components(experiment, plugins))
         except ConfigError as error:
             where = " ".join([f"seed={seed}", *(f"{key}={value}" for key, value in values)])
             raise type(error)(f"grid run {where}: {error}") from None
-        same = next((run for run, other in zip(runs, experiments) if other == experiment.model_copy(
-            update={"output": other.output})), None)
-        if same is not None:  # values that read alike once validated: 0.001 and 1e-3, {} and a default
-            where = " ".join(f"{key}={value}" for key, value in values)
-            raise ConfigError(f"--over: {where} gives the same experiment as {same.label}; list each value once")
-        experiments.append(experiment)
+        resolved.pop("output")  # where a run is written, not what it measures
+        where = " ".join(f"{key}={value}" for key, value in values)
+        same = next((run for run, other in zip(runs, experiments) if other == resolved), None)
+        if same is not None:  # values that read alike once validated: 0.001 and 1e-3, a parameter at its default
+            raise ConfigError(f"--over: {where} trains the same experiment as {same.label}; list each value once")
+        clash = next((run for run in runs if run.name == name), None)
+        if clash is not None:  # values that differ only in what a folder name cannot hold
+            raise ConfigError(f"--over: {where} and {clash.label} would share the run directory {name}; give values "
+                              f"that differ in letters or digits")
+        experiments.append(resolved)
         runs.append(GridRun(seed, values, name, experiment.output.dir / name))
     taken = [run.run_dir for run in runs if run.run_dir.exists()]
     if taken:
