@@ -321,7 +321,7 @@ def test_a_cache_folder_that_cannot_be_one_is_named_with_its_variable(tmp_path, 
         ImageCache(num_workers=1).load(_images(tmp_path / "images", 2), 8)
     if where == "a-file":
         assert main(["cache", "list"]) == 2
-        assert "cannot hold the image cache: it is not a folder" in capsys.readouterr().err
+        assert "cannot hold the image cache: it, or a folder above it, is a file" in capsys.readouterr().err
 
 
 def test_16_bit_greyscale_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):

@@ -150,3 +150,16 @@ def test_image_folder_reads_every_suffix_predict_takes_and_counts_the_files_it_s
     assert len(bundle.train) == 2 * len(suffixes)
     shown = [str(warning.message) for warning in caught if issubclass(warning.category, DataWarning)]
     assert len(shown) == 1 and "skipped 2 file(s) that are not images (no suffix: 1, .txt: 1)" in shown[0]
+
+
+def test_image_folder_names_a_cache_folder_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("transmodal_vision")
+    from transmodal.errors import ConfigError
+    from transmodal_vision.image_folder import build_image_folder
+    from transmodal_vision.params import ImageFolderParams
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TRANSMODAL_CACHE_DIR", str(tmp_path / "a-file"))
+    (tmp_path / "images" / "red").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="TRANSMODAL_CACHE_DIR .*a-file cannot hold the image cache"):
+        build_image_folder(ImageFolderParams(root=tmp_path / "images", image_size=8, num_workers=1))

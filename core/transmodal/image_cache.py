@@ -97,6 +97,17 @@ class ImageCache:
     def __init__(self, root: Path | None = None, num_workers: int | None = None) -> None:
         self.root = (root or default_cache_dir()).expanduser()
         self.num_workers = num_workers or default_workers()
+        # Where the folder was named, for an error about it
+        self._origin = ("the cache folder given" if root is not None else "TRANSMODAL_CACHE_DIR"
+                        if os.environ.get("TRANSMODAL_CACHE_DIR") else "the default cache folder")
+
+    def checked_root(self) -> Path:
+        """The cache folder, refused (with where it was named) if it or the nearest existing folder above it is a
+        file; nothing is created yet."""
+        existing = next(path for path in (self.root, *self.root.parents) if path.exists())
+        if not existing.is_dir():
+            self._refuse_unusable_root()
+        return self.root
 
     def load(self, files: Collection[str | os.PathLike[str]], size: int) -> DecodedImages:
         """The decoded images of ``files`` (in order) at side ``size``, from the cache or decoded now.
@@ -122,10 +133,9 @@ class ImageCache:
 
     def _refuse_unusable_root(self, error: OSError | None = None) -> None:
         """A cache folder that is a file, or that cannot be made, named with where its path came from."""
-        why = f" ({error.strerror or error})" if error is not None else ": it is not a folder"
-        origin = "TRANSMODAL_CACHE_DIR" if os.environ.get("TRANSMODAL_CACHE_DIR") else "the image cache folder"
-        raise ConfigError(f"{origin} {self.root} cannot hold the image cache{why}; point data.dataset.cache_dir or "
-                          f"TRANSMODAL_CACHE_DIR at a folder you can write")
+        why = f" ({error.strerror or error})" if error is not None else ": it, or a folder above it, is a file"
+        raise ConfigError(f"{self._origin} {self.root} cannot hold the image cache{why}; point data.dataset.cache_dir "
+                          f"(or TRANSMODAL_CACHE_DIR, or `transmodal cache --dir`) at a folder you can write")
 
     def entries(self) -> list[CacheEntry]:
         if self.root.exists() and not self.root.is_dir():

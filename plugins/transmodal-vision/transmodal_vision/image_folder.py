@@ -106,7 +106,7 @@ def _load(listing: Listing, class_index: dict[str, int], params: ImageFolderPara
 
 def build_image_folder(params: ImageFolderParams, seed: int = 0) -> DatasetBundle:
     # Splits follow params.seed, so runs with different training seeds share them.
-    listing_folder = ImageCache(params.cache_dir).root  # the file lists on disk beside the cache, not in memory
+    listing_folder = ImageCache(params.cache_dir).checked_root()  # the file lists on disk beside the cache
     source = scan(params.root.expanduser(), "root", listing_folder)
     classes = source.classes
     class_index = {name: index for index, name in enumerate(classes)}
