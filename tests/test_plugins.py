@@ -14,7 +14,7 @@ import transmodal
 from transmodal.builtin.fusions import MeanParams
 from transmodal.errors import ComponentBuildError, DuplicateComponentError, PluginLoadError, UnknownComponentError
 from transmodal.plugins import Plugins, PluginWarning, get_plugins
-from transmodal.registry import FIRST_PARTY_PROVIDERS
+from transmodal.registry import FIRST_PARTY_NEEDS, FIRST_PARTY_PROVIDERS
 
 
 class GoodPlugin:
@@ -176,6 +176,17 @@ def test_unknown_first_party_name_says_what_to_install():
     message = str(raised.value)
     assert "'resnet18' is provided by the plugin transmodal-vision." in message
     assert "pip install -e plugins/transmodal-vision" in message  # what works from a checkout (not on PyPI)
+
+
+
+def test_the_install_hint_of_a_plugin_that_needs_another_installs_both():
+    with pytest.raises(UnknownComponentError) as raised:
+        Plugins(entry_points=[]).get("dataset", "hf-dataset")
+    assert "pip install -e plugins/transmodal-text -e plugins/transmodal-hf " in str(raised.value)
+    root = Path(__file__).resolve().parents[1]
+    for plugin, needs in FIRST_PARTY_NEEDS.items():  # the table says what the plugins' own metadata says
+        pyproject = (root / "plugins" / plugin / "pyproject.toml").read_text()
+        assert all(f'"{need}>=' in pyproject for need in needs), plugin
 
 
 

@@ -60,6 +60,9 @@ FIRST_PARTY_PROVIDERS: dict[str, dict[str, str]] = {
     "strategy": {name: "transmodal-peft" for name in ("lora", "dora", "ia3")},
 }
 
+# First-party plugins that depend on others, which are not on PyPI either: installed together from the checkout.
+FIRST_PARTY_NEEDS: dict[str, tuple[str, ...]] = {"transmodal-hf": ("transmodal-text",)}
+
 
 class NoParams(BaseModel):
     """Parameter model of a component that takes no parameters."""
@@ -157,8 +160,9 @@ class Registry:
             lines.append(f"'{name}' is provided by the plugin {provider}, which is installed but {skipped_by}.")
         elif provider is not None:
             # The first-party plugins are not published on PyPI: installing from a checkout is what works.
+            installs = " ".join(f"-e plugins/{plugin}" for plugin in (*FIRST_PARTY_NEEDS.get(provider, ()), provider))
             lines.append(f"'{name}' is provided by the plugin {provider}. From a transmodal checkout: "
-                         f"pip install -e plugins/{provider} (or pip install {provider} from an index that has it)")
+                         f"pip install {installs} (or pip install {provider} from an index that has it)")
         elif self.skipped():  # a third party's component: which skipped plugin has it is unknown without loading
             lines.append("Installed plugins that an environment switch kept out, which may provide it: "
                          + "; ".join(f"{plugin} ({why})" for plugin, why in sorted(self.skipped().items())))
