@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from transmodal.errors import ConfigError, DataWarning
-from transmodal.images import decode_rgb, pillow
+from transmodal.images import decode_rgb, undecodable
 
 CACHE_FORMAT = 2  # 2: the key streamed into SHA-256 file by file (1 hashed one JSON list)
 STATUS_MISSING, STATUS_DECODED, STATUS_UNDECODABLE = 0, 1, 2
@@ -263,8 +263,7 @@ def _decode_chunk(target: str, indices: list[int], paths: list[str], size: int) 
         for index, path in zip(indices, paths):
             try:
                 data = decode_rgb(path, size)  # a str: a Path would intern each file's name for good
-            # What Pillow raises for a damaged or unknown file, or one over its pixel limit (a decompression bomb)
-            except (OSError, ValueError, SyntaxError, pillow().DecompressionBombError):
+            except undecodable():
                 codes.append(STATUS_UNDECODABLE)
                 continue
             os.pwrite(descriptor, data, index * per_image)

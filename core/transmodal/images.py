@@ -25,6 +25,12 @@ def pillow() -> Any:
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 
 
+def undecodable() -> tuple[type[Exception], ...]:
+    """What Pillow raises for a file it cannot decode: damaged, of an unknown format, or over its pixel limit (a
+    decompression bomb, which ``Image.MAX_IMAGE_PIXELS`` sets)."""
+    return OSError, ValueError, SyntaxError, pillow().DecompressionBombError
+
+
 def decode_rgb(path: str | os.PathLike[str] | BinaryIO, size: int) -> bytes:
     """One image (a file, or a binary stream such as an image a Hugging Face dataset holds) as RGB uint8 bytes
     in (3, size, size) order: shorter side resized to ``size`` (antialiased), then centre-cropped, as

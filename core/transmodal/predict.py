@@ -24,7 +24,7 @@ import torch
 
 from transmodal.data import Batch, ModalitySpec, presence_key
 from transmodal.errors import DataError, InputError
-from transmodal.images import IMAGE_SUFFIXES, decode_rgb, pillow
+from transmodal.images import IMAGE_SUFFIXES, decode_rgb, undecodable
 from transmodal.run_dir import write_text_atomic
 from transmodal.tables import FORMATS, LINE, columns_of, file_format, finite_number, is_missing, read_rows
 from transmodal.tabular import schema_of
@@ -356,7 +356,7 @@ def _image(path: Path | torch.Tensor | None, shape: tuple[int, ...], name: str) 
         raise InputError(f"No image file {path} (modality '{name}')")
     try:
         decoded = decode_rgb(path, height)
-    except (OSError, ValueError, pillow().DecompressionBombError) as error:
+    except undecodable() as error:
         raise InputError(f"Cannot decode {path} as an image (modality '{name}'): {error}") from None
     return torch.frombuffer(bytearray(decoded), dtype=torch.uint8).view(shape)
 

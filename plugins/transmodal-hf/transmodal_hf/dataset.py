@@ -30,7 +30,7 @@ import torch
 from transmodal.data import DatasetBundle, MappedColumn
 from transmodal.datasets.mapped_rows import MappedRows, Modality, build_bundle
 from transmodal.errors import ConfigError, DataError
-from transmodal.images import decode_rgb
+from transmodal.images import decode_rgb, undecodable
 from transmodal.tables import is_missing
 
 from transmodal_hf.params import HFDatasetParams
@@ -191,7 +191,7 @@ class _HFRows(MappedRows):
         for index in filled:
             try:
                 pixels = decode_rgb(self._image(cells[index], index, column), size)
-            except (OSError, ValueError, SyntaxError):  # what Pillow raises for a damaged or unknown image
+            except undecodable():
                 bad.append(index)
                 continue
             array[decoded] = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(3, size, size)
