@@ -107,7 +107,7 @@ def test_text_csv_refuses_a_class_listed_twice() -> None:
 
 
 @pytest.mark.parametrize(("channels", "cut"), [(1, 1), (2, 2)])
-def test_a_wav_file_that_ends_inside_a_frame_is_refused_by_name(tmp_path: Path, channels: int, cut: int) -> None:
+def test_a_wav_file_whose_data_ends_before_its_header_says_is_refused_by_name(tmp_path: Path, channels: int, cut: int) -> None:
     pytest.importorskip("transmodal_audio")
     from transmodal_audio.wav import read_wav
 
@@ -116,12 +116,14 @@ def test_a_wav_file_that_ends_inside_a_frame_is_refused_by_name(tmp_path: Path, 
         file.setnchannels(channels)
         file.setsampwidth(2)
         file.setframerate(8000)
-        file.writeframes(bytes(400 * channels))
+        file.writeframes(bytes(400 * 2 * channels))  # 400 frames of 16 bits per channel
     path.write_bytes(path.read_bytes()[: 44 + 100 * 2 * channels + cut])  # the header still says 400 frames
-    with pytest.raises(DataError, match=rf"clip\.wav is truncated: its audio data ends {cut} byte\(s\) into a frame"):
+    with pytest.raises(DataError, match=r"clip\.wav is truncated: its header promises 400 frames"):
         read_wav(path, 8000, 400)
-    path.write_bytes(path.read_bytes()[: 44 + 100 * 2 * channels])  # whole frames: read, silence after the end
-    assert read_wav(path, 8000, 400).shape == (400,)
+    path.write_bytes(path.read_bytes()[: 44 + 100 * 2 * channels])  # whole frames, still fewer than promised
+    with pytest.raises(DataError, match=r"its data holds 100;"):
+        read_wav(path, 8000, 400)
+    assert read_wav(path, 8000, 100).shape == (100,)  # a clip within what the file holds is read
 
 
 # -- image-folder: the suffixes predict takes -----------------------------------------------------------------

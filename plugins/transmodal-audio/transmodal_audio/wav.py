@@ -16,7 +16,8 @@ def read_wav(path: Path, sample_rate: int, samples: int) -> torch.Tensor:
     try:
         with wave.open(str(path), "rb") as file:
             rate, width, channels = file.getframerate(), file.getsampwidth(), file.getnchannels()
-            frames = file.readframes(min(samples, file.getnframes()))
+            wanted = min(samples, file.getnframes())  # frames the header promises within the clip
+            frames = file.readframes(wanted)
     except (wave.Error, EOFError, OSError) as error:
         raise DataError(f"Cannot read {path} as a PCM WAV file ({error}); convert it to 16-bit PCM, e.g. "
                         f"sox IN -b 16 OUT.wav") from None
@@ -24,10 +25,10 @@ def read_wav(path: Path, sample_rate: int, samples: int) -> torch.Tensor:
         raise DataError(f"{path} is sampled at {rate} Hz, not the dataset's sample_rate {sample_rate}; convert it "
                         f"(sox IN -r {sample_rate} OUT.wav) or set sample_rate: {rate} (and the encoder's)")
     frame = width * channels
-    if len(frames) % frame:  # the file ends inside a frame: cut short while it was written or copied
-        raise DataError(f"{path} is truncated: its audio data ends {len(frames) % frame} byte(s) into a frame of "
-                        f"{frame} bytes ({channels} channel(s) of {8 * width} bits); replace it with a complete "
-                        f"copy, or remove it from the folder")
+    if len(frames) < wanted * frame:  # the data ends before its header says: cut short while written or copied
+        raise DataError(f"{path} is truncated: its header promises {wanted} frames of {frame} bytes ({channels} "
+                        f"channel(s) of {8 * width} bits) here, its data holds {len(frames) / frame:g}; replace it "
+                        f"with a complete copy, or remove it from the folder")
     raw = torch.frombuffer(bytearray(frames), dtype=torch.uint8) if frames else torch.zeros(0, dtype=torch.uint8)
     if width == 1:  # unsigned 8-bit
         values = (raw.float() - 128.0) / 128.0
