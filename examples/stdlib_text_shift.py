@@ -32,7 +32,7 @@ from pathlib import Path
 
 # The Library Reference's chapters, each with modules written in Python that it documents.
 CHAPTERS: dict[str, tuple[str, ...]] = {
-    "text": ("string", "re", "difflib", "textwrap", "unicodedata", "stringprep", "rlcompleter", "gettext", "locale"),
+    "text": ("string", "re", "difflib", "textwrap", "stringprep", "rlcompleter", "gettext", "locale"),
     "datatypes": ("datetime", "calendar", "collections", "heapq", "bisect", "weakref", "types", "copy", "pprint",
                   "reprlib", "enum", "graphlib"),
     "numeric": ("numbers", "decimal", "_pydecimal", "fractions", "random", "statistics"),
@@ -61,7 +61,7 @@ def module_files(library: Path, module: str) -> list[Path]:
     if single.is_file():
         return [single]
     return [path for path in sorted((library / module).rglob("*.py"))
-            if not {"test", "tests", "idle_test"} & set(path.parts)]
+            if not {"test", "tests", "idle_test"} & set(path.relative_to(library).parts)]
 
 
 def docstrings(source: str) -> list[str]:

@@ -87,7 +87,8 @@ def test_the_guides_validator_is_registered_by_name_scored_every_epoch_and_selec
     import transmodal
     from conftest import tiny_experiment_dict
 
-    block = next(code for code in re.findall(r"```python\n(.*?)```", GUIDE, flags=re.S) if "(transmodal.Validator)" in code)
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE, flags=re.S)
+    block = next(code for code in blocks if "(transmodal.Validator)" in code)
     namespace: dict = {}
     exec(block, namespace)  # noqa: S102 - the guide's own code
 

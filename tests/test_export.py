@@ -144,10 +144,6 @@ def test_onnx_exports_an_image_only_model_for_any_batch_size(tmp_path):
     """Without a text modality nothing else marks the batch dimension: it must stay dynamic all the same."""
     for package in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(package)
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from conftest import tiny_experiment_dict
 
     experiment = tiny_experiment_dict(tmp_path, "trainer.epochs=1", "trainer.device=cpu", "adaptation=[]",

@@ -195,6 +195,7 @@ def test_install_hints_name_plugin_folders_of_the_checkout():
     for provider in {p for names in FIRST_PARTY_PROVIDERS.values() for p in names.values()}:
         assert f'name = "{provider}"' in (root / "plugins" / provider / "pyproject.toml").read_text()
 
+
 def test_every_component_of_an_installed_first_party_plugin_has_its_install_hint():
     """A name missing from FIRST_PARTY_PROVIDERS would get no hint when its plugin is absent or switched off."""
     first_party = {path.name for path in (Path(__file__).resolve().parents[1] / "plugins").iterdir()}

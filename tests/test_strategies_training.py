@@ -126,7 +126,8 @@ def test_each_strategy_keeps_its_own_loss_however_it_is_named(blobs):
     plugins = Plugins(entry_points=[], extra_plugins=[("shifted-blobs-test", ShiftedBlobsPlugin()),
                                                       ("unnamed", Unnamed())])
     reset_plugins(plugins)
-    adaptation = [{"name": "feature-norm"}, {"name": "feature-norm"}, {"name": "mmd"}, {"name": "mmd", "kernel": "linear"}]
+    adaptation = [{"name": "feature-norm"}, {"name": "feature-norm"}, {"name": "mmd"},
+                  {"name": "mmd", "kernel": "linear"}]
     _, run_dir = transmodal.train(blobs(adaptation, epochs=1), quiet=True)
     train = read_metrics(run_dir)[-1]["train"]
     # Listed twice, mmd's second loss no longer replaces its first: both train and both are logged.
