@@ -34,13 +34,13 @@ import torch
 import yaml
 from torch import nn
 
-from transmodal.config import Experiment, load_experiment, load_yaml, validate_components
+from transmodal.config import Experiment, validate_components
 from transmodal.data import Batch, ModalitySpec
 from transmodal.devices import resolve_device
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.experiment import tokenizer_for
 from transmodal.plugins import Plugins, get_plugins
-from transmodal.run_dir import open_up
+from transmodal.run_dir import load_saved_experiment, open_up
 from transmodal.trained_model import (
     MODEL_INFO, TOKENIZERS, Domain, TrainedModel, build_trained_model, model_info, read_model_info,
     write_model_info,
@@ -258,10 +258,8 @@ def _quiet_torchscript() -> Iterator[None]:
 
 def load_bundle(folder: Path, device: str | None = None, plugins: Plugins | None = None) -> TrainedModel:
     """A bundle that :func:`export` wrote, as a :class:`TrainedModel`."""
-    if not load_yaml(folder / "config.yaml"):  # it would read as the default experiment, another model than this
-        raise CheckpointError(f"{folder / 'config.yaml'} is empty; a bundle's config.yaml holds the experiment its "
-                              f"model is built from. Export the run again")
-    experiment = load_experiment(folder / "config.yaml")
+    experiment = load_saved_experiment(folder / "config.yaml", "a bundle's config.yaml holds the experiment its model "
+                                                               "is built from. Export the run again")
     info = read_model_info(folder)
     exported = info.get("export")
     if not isinstance(exported, dict) or exported.get("format") not in FORMATS:

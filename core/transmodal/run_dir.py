@@ -77,9 +77,15 @@ def load_run_experiment(run_dir: Path) -> Experiment:
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    if not load_yaml(config):  # an empty file would read as the default experiment: another run than this one
-        raise CheckpointError(f"{config} is empty; a run's config.yaml holds the experiment it trains, so this run "
-                              f"cannot be continued or evaluated without it")
+    return load_saved_experiment(config, "a run's config.yaml holds the experiment it trains, so this run cannot be "
+                                         "continued or evaluated without it")
+
+
+def load_saved_experiment(config: Path, why_needed: str) -> Experiment:
+    """The experiment saved beside a model (a run's or a bundle's config.yaml); an empty file is refused, as it
+    would read as the default experiment: another model than the weights beside it."""
+    if not load_yaml(config):
+        raise CheckpointError(f"{config} is empty; {why_needed}")
     return load_experiment(config)
 
 
