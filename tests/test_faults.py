@@ -161,7 +161,7 @@ def _truncate_last(fraction: float):
     (_edit_last(lambda state: {**state, "model": {name: torch.zeros(1) for name in state["model"]}}),
      "checkpoint does not fit this model: Error(s) in loading state_dict"),
     (_edit_last(lambda state: {**state, "classes": state["classes"][::-1]}),
-     "its dataset now gives ["),
+     "the classes are in another order: output 0 is"),
     (_truncate_last(0.5), "it is truncated or damaged"),
     (_truncate_last(0), "it is empty (0 bytes)"),
     (lambda run_dir: (run_dir / "checkpoints" / "last.pt").write_bytes(b"hello world, not a checkpoint"),
@@ -638,3 +638,16 @@ def test_a_vocabulary_that_leaves_the_texts_empty_is_refused_before_training(tmp
     status, err = run_cli(capsys, "train", str(config), "--quiet")
     assert status == 2 and "come out as padding and unknown words alone" in err and "min_freq" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_class_difference_names_the_first_difference_however_many_classes():
+    from transmodal.checkpoint import class_difference
+
+    classes = [f"class {i}" for i in range(100)]
+    renamed = [*classes[:50], "class 50 (new)", *classes[51:]]
+    assert class_difference(classes, list(classes)) is None
+    assert class_difference(classes, renamed) == ("the classes ['class 50'] of the checkpoint are not in the data, "
+                                                  "['class 50 (new)'] of the data are not in the checkpoint")
+    swapped = [classes[1], classes[0], *classes[2:]]
+    assert "output 0 is 'class 0' in the checkpoint, 'class 1' in the data" in class_difference(classes, swapped)
+    assert class_difference(classes, [*classes, *classes[:1]]) == "the checkpoint has 100 classes, the data 101"

@@ -34,6 +34,22 @@ _WRITER_FAILURE = ("inline_container", "PytorchStreamWriter")  # torch's Runtime
 _READER_FAILURE = ("PytorchStreamReader",)  # ... and when a file is not a whole checkpoint archive
 
 
+def class_difference(saved: list[str], current: list[str]) -> str | None:
+    """How a checkpoint's classes differ from those the data gives now, in words naming the first difference (a
+    list of a hundred classes printed whole would hide it); None when they are the same."""
+    if saved == current:
+        return None
+    added, removed = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+    if added or removed:
+        return (f"the classes {removed[:5]} of the checkpoint are not in the data, {added[:5]} of the data are not in "
+                f"the checkpoint")
+    if len(saved) != len(current):
+        return f"the checkpoint has {len(saved)} classes, the data {len(current)}"
+    index = next(i for i, (a, b) in enumerate(zip(saved, current)) if a != b)
+    return (f"the classes are in another order: output {index} is '{saved[index]}' in the checkpoint, "
+            f"'{current[index]}' in the data")
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file beside ``path``, flush it to disk, then rename: a crash never leaves a
     half-written checkpoint under the real name, and a failed write (a full disk) leaves the previous one."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transmodal.checkpoint import read_checkpoint, restoring_from
+from transmodal.checkpoint import class_difference, read_checkpoint, restoring_from
 from transmodal.domain_norm import TargetStatistics
 from transmodal.errors import CheckpointError, ConfigError
 from transmodal.model import TransmodalModel
@@ -26,10 +26,10 @@ class InitialWeights:
         return dict(self.state["tokenizers"])
 
     def load_into(self, model: TransmodalModel, classes: list[str]) -> None:
-        if list(self.state["classes"]) != list(classes):
-            raise CheckpointError(f"model.init_from: {self.checkpoint} was trained on the classes "
-                                  f"{list(self.state['classes'])[:10]}, this run's dataset has {classes[:10]}; "
-                                  f"start from a run on the same classes")
+        difference = class_difference(list(self.state["classes"]), list(classes))
+        if difference is not None:
+            raise CheckpointError(f"model.init_from: {self.checkpoint} was trained on other classes than this run's "
+                                  f"data gives ({difference}); start from a run on the same classes")
         with restoring_from(self.checkpoint):
             load_model_weights(model, self.state["model"])
 

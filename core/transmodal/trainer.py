@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from transmodal.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from transmodal.checkpoint import CHECKPOINT_FORMAT, class_difference, save_checkpoint
 from transmodal.cross_modal import (
     AlignedSpace,
     SplitAlignment,
@@ -763,12 +763,10 @@ class Trainer:
     def load_weights(self, state: dict[str, Any]) -> None:
         """The model's weights, the modules of strategies saved with them and, with per-domain BatchNorm, the
         target's statistics."""
-        classes = list(self.data.bundle.classes)
-        if list(state["classes"]) != classes:  # same count, other order or names: every score would be misread
-            raise CheckpointError(
-                f"the checkpoint was trained on the classes {list(state['classes'])[:10]}, its dataset now gives "
-                f"{classes[:10]}: the data changed since training (a label renamed, added or removed). Restore the "
-                f"data the run was trained on, or train again")
+        difference = class_difference(list(state["classes"]), list(self.data.bundle.classes))
+        if difference is not None:  # every output would be read as another class
+            raise CheckpointError(f"the data changed since training: {difference}. Restore the data the run was "
+                                  f"trained on, or train again")
         load_model_weights(self.model, state["model"])
         saved = state.get("strategy_weights", {})
         for index, (strategy, module) in enumerate(zip(self.strategies, self.strategy_modules)):
