@@ -91,6 +91,10 @@ def test_lora_in_a_run_exports_merges_and_reloads(tiny, plugins, tmp_path: Path)
         assert merged_metrics[split]["accuracy"] == values["accuracy"]
         assert merged_metrics[split]["loss"] == pytest.approx(values["loss"], abs=1e-4)
     assert transmodal.load_experiment(merged_dir / "config.yaml").adaptation == []
+    # A merged run is a whole run directory: predict loads it as it loads the adapter run
+    texts = ["a calm red circle", "an angry square"]
+    assert [r["prediction"] for r in transmodal.load(merged_dir).predict(texts)] == \
+        [r["prediction"] for r in transmodal.load(run_dir, plugins=plugins).predict(texts)]
 
     path = export_adapters(run_dir, tmp_path / "adapters.pt", plugins=plugins)
     assert path.stat().st_size < (run_dir / "checkpoints" / "best.pt").stat().st_size
@@ -101,6 +105,12 @@ def test_lora_in_a_run_exports_merges_and_reloads(tiny, plugins, tmp_path: Path)
     assert fresh.evaluate() == metrics
     with pytest.raises(CheckpointError, match="not trained with an adapter strategy"):
         export_adapters(merged_dir, tmp_path / "none.pt", plugins=plugins)
+    best = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match="best.pt exists; name a new file"):  # never over the run's checkpoint
+        export_adapters(run_dir, run_dir / "checkpoints" / "best.pt", plugins=plugins)
+    assert (run_dir / "checkpoints" / "best.pt").read_bytes() == best
+    with pytest.raises(ConfigError, match="already exists and is not an empty folder"):
+        merge_run(run_dir, path, plugins=plugins)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
@@ -154,3 +164,16 @@ def test_the_command_line_says_what_is_wrong(tmp_path: Path, capsys: pytest.Capt
 
     assert main(["merge", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 1
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_layers_a_transformer_layer_reads_by_weight_get_no_adapter(plugins):
+    """nn.TransformerEncoderLayer's fast path (evaluation without gradients) reads linear1/linear2 weights directly,
+    as nn.MultiheadAttention reads out_proj's: adapters there would train and never be evaluated."""
+    from transmodal_peft.adapters import LoRA
+    from transmodal_peft.params import LoRAParams
+
+    layer = torch.nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    model = torch.nn.Sequential()
+    model.add_module("fusion", torch.nn.ModuleDict({"layer": layer, "project": torch.nn.Linear(8, 8)}))
+    strategy = LoRA(LoRAParams(r=2, target_modules=["fusion.*"]))
+    assert strategy.resolve_targets(model) == ["fusion.project"]

@@ -9,6 +9,7 @@ weight except the adapters and the ``train`` groups (fusion and head by default:
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from transmodal.model import TransmodalModel
 from transmodal.plugins import Plugins
 from transmodal.run_dir import load_run_experiment
 from transmodal.strategy import Strategy, TrainingContext
+from transmodal.trained_model import MODEL_INFO
 from transmodal.trainer import Trainer, load_model_weights
 
 from transmodal_peft.params import AdapterParams, IA3Params, LoRAParams
@@ -85,10 +87,13 @@ class AdapterStrategy(Strategy):
 
     @staticmethod
     def _inside_attention(name: str, modules: dict[str, nn.Module]) -> bool:
-        # nn.MultiheadAttention reads out_proj.weight directly instead of calling out_proj: an adapter there
-        # would never run.
-        parent = name.rpartition(".")[0]
-        return isinstance(modules.get(parent), nn.MultiheadAttention)
+        # nn.MultiheadAttention reads out_proj.weight directly instead of calling out_proj, and a Transformer layer's
+        # fast path (in evaluation, without gradients) reads linear1 and linear2's weights: an adapter there would
+        # not run when the model is evaluated.
+        parent, _, leaf = name.rpartition(".")
+        return isinstance(modules.get(parent), nn.MultiheadAttention) or (
+            isinstance(modules.get(parent), nn.TransformerEncoderLayer | nn.TransformerDecoderLayer)
+            and leaf in ("linear1", "linear2"))
 
     def _train_groups(self, model: TransmodalModel) -> list[tuple[str, nn.Module]]:
         return match_groups(model, self.params.train, f"{self.name}.train") if self.params.train else []
@@ -235,6 +240,10 @@ def export_adapters(run_dir: str | Path, path: str | Path, checkpoint: str = "be
     """Save a run's adapters on their own (with the groups that trained fully): a small file that, loaded with
     :func:`load_adapters` into a model built from the same config, restores the trained model."""
     run_dir, path = Path(run_dir), Path(path)
+    if path.exists() or path.is_symlink():  # a run's best.pt, another run's adapters: never replaced
+        raise ConfigError(f"{path} exists; name a new file for the adapters")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: the folder {path.parent} does not exist")
     _, state, trainer = _load_run(run_dir, checkpoint, plugins)
     strategy = _adapter_strategy(trainer, run_dir)
     save_checkpoint({
@@ -272,8 +281,10 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     state-dict keys, no adapter strategy in its config, so ``transmodal evaluate`` (and anything that loads
     weights into the plain architecture) uses it as it would a fully fine-tuned run."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise CheckpointError(f"{out_dir} already exists and is not empty; choose another directory")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir} already exists and is not an empty folder; choose another directory")
+    if not out_dir.parent.is_dir() or not os.access(out_dir.parent, os.W_OK):
+        raise ConfigError(f"{out_dir}: cannot create it in {out_dir.parent} (not a folder you can write)")
     experiment, state, trainer = _load_run(run_dir, checkpoint, plugins)
     _adapter_strategy(trainer, run_dir)
     merge_adapters(trainer.model)
@@ -285,6 +296,9 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if (run_dir / "tokenizers").is_dir():
         shutil.copytree(run_dir / "tokenizers", out_dir / "tokenizers")
+    for name in (MODEL_INFO, "summary.json", "metrics.jsonl"):  # what predict, export and report read
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out_dir / name)
     merged = {**{k: v for k, v in state.items() if k != "model"}, "model": trainer.model.state_dict(),
               "merged_from": str(run_dir / "checkpoints" / f"{checkpoint}.pt")}
     save_checkpoint(merged, out_dir / "checkpoints" / "best.pt")
