@@ -198,3 +198,14 @@ def test_without_matplotlib_exits_2_with_the_install_hint(runs: tuple[Path, Path
     assert main(["report", str(runs[1]), "--output", str(tmp_path / "report")]) == 2
     assert 'pip install "transmodal[report]"' in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """Matplotlib reads text between two $ as math: "$$" (a price tier) would stop the figure."""
+    from transmodal.report_plots import confusion_matrix, scatter_panels
+
+    classes = ["$", "$$", "$$$"]
+    confusion_matrix([[2, 1, 0], [0, 3, 0], [1, 0, 2]], classes, "source/val", tmp_path / "confusion.png")
+    scatter_panels({"target/test": {name: [(0.0, 1.0), (1.0, 0.5)] for name in classes}}, tmp_path / "points.png",
+                   1, "x", "y")
+    assert (tmp_path / "confusion.png").stat().st_size > 0 and (tmp_path / "points.png").stat().st_size > 0

@@ -6,10 +6,12 @@ so drawing works on a headless machine and inside a process that already uses ma
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 
 Curve = Sequence[tuple[float, float]]  # (epoch, value) points
@@ -21,6 +23,17 @@ _LABELLED_CLASSES = 60  # ... and its axes too crowded for class names
 _DPI = 100
 
 
+def _plain_text(draw: Callable[..., None]) -> Callable[..., None]:
+    """Labels drawn as written: matplotlib reads text between two $ as math, which a class name such as "$$"
+    (a price tier) would break or turn into other symbols."""
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> None:
+        with rc_context({"text.parse_math": False}):
+            draw(*args, **kwargs)
+    return drawn
+
+
+@_plain_text
 def line_panels(panels: Mapping[str, Mapping[str, Curve]], path: Path, ylabel: str,
                 marks: Mapping[str, Sequence[Mark]] | None = None) -> None:
     """One panel per entry of ``panels`` side by side, each with a line per labelled curve over epochs, and the
@@ -49,6 +62,7 @@ def line_panels(panels: Mapping[str, Mapping[str, Curve]], path: Path, ylabel: s
     figure.savefig(path, dpi=_DPI)
 
 
+@_plain_text
 def confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str, path: Path) -> None:
     """Counts coloured by their share of the true class (so that rare classes show as clearly as common ones):
     rows are true classes, columns predicted ones."""
@@ -78,6 +92,7 @@ Points = Sequence[tuple[float, float]]  # (x, y) of each sample in a 2-D project
 _LEGEND_GROUPS = 12  # beyond this many groups (classes) a scatter's legend hides the points
 
 
+@_plain_text
 def scatter_panels(panels: Mapping[str, Mapping[str, Points]], path: Path, columns: int, xlabel: str,
                    ylabel: str) -> None:
     """Panels of points in rows of ``columns``, a colour for each group (a split, a class) of a panel."""
@@ -102,6 +117,7 @@ def scatter_panels(panels: Mapping[str, Mapping[str, Points]], path: Path, colum
     figure.savefig(path, dpi=_DPI)
 
 
+@_plain_text
 def grouped_bars(values: Mapping[str, Mapping[str, float]], path: Path, ylabel: str) -> None:
     """For each group (a split), a bar per setting (all modalities, without each one)."""
     groups = list(values)
