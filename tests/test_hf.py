@@ -142,6 +142,11 @@ def test_normalize_gives_unit_vectors_and_tokens_refuse_pooling(hf, tiny_bert):
     torch.testing.assert_close(norms, torch.ones(len(TEXTS)))
     with pytest.raises(ValidationError, match="pooling and normalize would never be used"):
         build(hf, str(tiny_bert), tokens=True, pooling="cls")
+    # A run's saved config writes the default pooling out: it must validate again (evaluate, resume, load)
+    from transmodal_hf.params import HFTextParams
+
+    saved = HFTextParams(model=str(tiny_bert), tokens=True).model_dump(mode="json")
+    assert HFTextParams.model_validate(saved).tokens
 
 
 def test_tokenizer_state_restores_without_the_model_folder(hf, tmp_path):

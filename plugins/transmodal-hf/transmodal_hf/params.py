@@ -44,7 +44,8 @@ class HFTextParams(_Params):
 
     @model_validator(mode="after")
     def _tokens_without_pooling(self) -> HFTextParams:
-        if self.tokens and ("pooling" in self.model_fields_set or self.normalize):
+        # Judged by value, not by whether it was written: a run's saved config writes every default out
+        if self.tokens and (self.pooling != "mean" or self.normalize):
             raise ValueError("tokens: true returns every token's hidden state, so pooling and normalize would never "
                              "be used; drop them or set tokens: false")
         return self
