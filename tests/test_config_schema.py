@@ -85,3 +85,24 @@ def test_parameter_models_that_share_a_definition_name_keep_their_own():
     assert first["properties"]["mode"]["$ref"] == "#/$defs/Mode"
     assert second["properties"]["mode"]["$ref"] == "#/$defs/fusion.y.Mode"
     assert "kind" in definitions["Mode"]["properties"] and "size" in definitions["fusion.y.Mode"]["properties"]
+
+
+def test_every_example_config_is_valid_against_the_schema(schema):
+    """Editors check configs against `config schema`: what the examples write (e.g. glyphs' `source: print`, one
+    domain where a list may stand) must pass it, for the components installed here."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+
+    from transmodal.errors import UnknownComponentError
+
+    validator = jsonschema.Draft202012Validator(schema)
+    checked = 0
+    for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")):
+        try:
+            validate_components(load_experiment(path), get_plugins())
+        except UnknownComponentError:  # a component of a plugin not installed here (the core alone)
+            continue
+        errors = [error.message for error in validator.iter_errors(yaml.safe_load(path.read_text()))]
+        assert errors == [], path.name
+        checked += 1
+    assert checked > 0

@@ -12,9 +12,17 @@ from transmodal.hookspecs import Register
 Domain = Literal["print", "scan", "handwritten", "signs"]
 
 
+def _one_or_many_domains(schema: dict) -> None:
+    """The schema of ``source`` as it is read: one domain, or a list of them."""
+    one = schema.pop("items")
+    many = {"type": schema.pop("type"), "items": one, "minItems": schema.pop("minItems")}
+    schema["anyOf"] = [one, many]
+
+
 class GlyphsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: list[Domain] = Field(["print"], min_length=1, description="Labelled source domain(s); several for "
+    # One domain may be written alone (source: print): the schema says so too, for editors that check configs
+    source: list[Domain] = Field(["print"], min_length=1, json_schema_extra=_one_or_many_domains, description="Labelled source domain(s); several for "
                                                                        "multi-source / leave-one-domain-out.")
     target: Domain = Field("signs", description="Target domain: unlabelled for training, labelled for testing.")
     characters: Literal["digits", "letters"] = Field("digits", description="digits: 0-9 (10 classes); "
