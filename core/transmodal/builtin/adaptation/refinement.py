@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from transmodal.builtin.adaptation.params import DIRTTParams
-from transmodal.builtin.adaptation.self_training import frozen_copy
+from transmodal.builtin.adaptation.self_training import TeacherStrategy
 from transmodal.builtin.adaptation.smoothness import kl_divergence
 from transmodal.model import TransmodalModel
-from transmodal.strategy import StepData, Strategy, TrainingContext
+from transmodal.strategy import StepData
 
 
-class DIRTT(Strategy):
+class DIRTT(TeacherStrategy):
     """DIRT-T (Shu et al., 2018, "A DIRT-T Approach to Unsupervised Domain Adaptation"), the refinement after VADA.
     Started from a VADA-trained model (``model.init_from``), training leaves the source labels behind
     (``task_weight`` 0) and follows the target data's own cluster structure: conditional entropy and virtual
@@ -33,22 +33,13 @@ class DIRTT(Strategy):
     task_weight = 0.0
 
     def __init__(self, params: DIRTTParams) -> None:
+        super().__init__()
         self.params = params
-        self.student: TransmodalModel | None = None
-        self.teacher: TransmodalModel | None = None
 
-    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
-        self.student = model
-
-    def _teacher(self) -> TransmodalModel:
-        """Copied on first use, once every strategy's setup has shaped the model."""
-        if self.teacher is None:
-            assert self.student is not None
-            self.teacher = frozen_copy(self.student)
-            for module in self.teacher.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.train()  # the target batch's own statistics, as the model normalises it in training
-        return self.teacher
+    def _prepare_teacher(self, teacher: TransmodalModel) -> None:
+        for module in teacher.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()  # the target batch's own statistics, as the model normalises it in training
 
     def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
         assert step.target is not None and step.target_output is not None

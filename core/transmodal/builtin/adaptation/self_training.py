@@ -13,15 +13,31 @@ from transmodal.model import TransmodalModel
 from transmodal.strategy import StepData, Strategy, TrainingContext
 
 
-def frozen_copy(model: TransmodalModel) -> TransmodalModel:
-    """A teacher: a copy of ``model`` in eval mode whose parameters take no gradient."""
-    copied = copy.deepcopy(model).eval()
-    for parameter in copied.parameters():
-        parameter.requires_grad_(False)
-    return copied
+class TeacherStrategy(Strategy):
+    """A strategy that learns from a teacher: a copy of the model in eval mode whose parameters take no gradient,
+    made on first use, once every strategy's setup (adapters included) has shaped the model."""
+
+    def __init__(self) -> None:
+        self.student: TransmodalModel | None = None
+        self.teacher: TransmodalModel | None = None
+
+    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
+        self.student = model
+
+    def _teacher(self) -> TransmodalModel:
+        if self.teacher is None:
+            assert self.student is not None
+            self.teacher = copy.deepcopy(self.student).eval()
+            for parameter in self.teacher.parameters():
+                parameter.requires_grad_(False)
+            self._prepare_teacher(self.teacher)
+        return self.teacher
+
+    def _prepare_teacher(self, teacher: TransmodalModel) -> None:
+        """What a strategy changes in its teacher once it is made (nothing by default)."""
 
 
-class PseudoLabel(Strategy):
+class PseudoLabel(TeacherStrategy):
     """Target predictions at least ``threshold`` confident become labels (Lee, 2013): the loss is the cross-entropy
     on those samples, averaged over the whole target batch, so it grows as more samples pass the threshold.
     The fraction that passes is logged as ``metric/pseudo-label.used``: a threshold that no prediction reaches
@@ -35,19 +51,8 @@ class PseudoLabel(Strategy):
     needs_unlabelled_target = True
 
     def __init__(self, params: PseudoLabelParams) -> None:
+        super().__init__()
         self.params = params
-        self.student: TransmodalModel | None = None
-        self.teacher: TransmodalModel | None = None
-
-    def setup(self, model: TransmodalModel, context: TrainingContext) -> None:
-        self.student = model
-
-    def _teacher(self) -> TransmodalModel:
-        """Copied on first use, once every strategy's setup (adapters included) has shaped the model."""
-        if self.teacher is None:
-            assert self.student is not None
-            self.teacher = frozen_copy(self.student)
-        return self.teacher
 
     def loss_terms(self, step: StepData) -> dict[str, torch.Tensor]:
         assert step.target is not None and step.target_output is not None
