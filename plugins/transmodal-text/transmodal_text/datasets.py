@@ -199,25 +199,14 @@ class _Table:
                     f"{count} such rows); correct it, or leave such rows out of the test file"
                 )
 
-    def check_labels_known(self, classes: list[str], training_path: Path) -> None:
-        """Refuse a label of this (test) file that the training file never has."""
-        known = set(classes)
-        unknown = [(line, label) for line, label in zip(self.lines, self.labels) if label not in known]
-        if unknown:
-            line, label = unknown[0]
-            raise DataError(
-                f"text-csv: {self.path} line {line}: label '{label}' never occurs in the training file "
-                f"{training_path}, whose classes are {classes} ({len(unknown)} such rows); correct the label, or "
-                f"list every class in data.dataset.classes to evaluate on a class that training never sees"
-            )
-
-    def label_ids(self, classes: list[str]) -> torch.Tensor:
+    def label_ids(self, classes: list[str], remedy: str = "") -> torch.Tensor:
+        """Each row's class index; a label outside ``classes`` is refused with its line (and ``remedy``)."""
         index = {name: i for i, name in enumerate(classes)}
         unknown = [(line, label) for line, label in zip(self.lines, self.labels) if label not in index]
         if unknown:
             line, label = unknown[0]
             raise DataError(f"text-csv: {self.path} line {line}: label '{label}' is not one of the classes "
-                            f"{classes} ({len(unknown)} such rows)")
+                            f"{classes} ({len(unknown)} such rows){remedy}")
         return torch.tensor([index[label] for label in self.labels], dtype=torch.int64)
 
 
@@ -247,8 +236,6 @@ def build_text_csv(params: TextCSVParams, seed: int = 0) -> DatasetBundle:
     # The classes are the training file's labels: a label only the test file has ("1.0" against "1") is a typo
     # rather than a class, unless classes: lists it.
     classes = params.classes or sorted(set(main.labels), key=label_sort_key)
-    if test is not None and not params.classes:
-        test.check_labels_known(classes, params.path)
     if len(classes) < 2:
         raise DataError(f"text-csv: {params.path} has {len(classes)} class; a classifier needs at least two")
 
@@ -262,7 +249,9 @@ def build_text_csv(params: TextCSVParams, seed: int = 0) -> DatasetBundle:
         target_test, target_rows = _split_off(target_rows, params.test_fraction, generator)
         test_table, test_labels = main, labels
     else:
-        test_labels = test.label_ids(classes)
+        test_labels = test.label_ids(classes, "" if params.classes else (
+            f": it never occurs in the training file {params.path}; correct the label, or list every class in "
+            f"data.dataset.classes to evaluate on a class that training never sees"))
         test_target = test.target_mask(params.target_domain)
         source_test, target_test = torch.nonzero(~test_target).flatten(), torch.nonzero(test_target).flatten()
         test_table = test
