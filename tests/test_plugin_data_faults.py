@@ -107,7 +107,8 @@ def test_text_csv_refuses_a_class_listed_twice() -> None:
 
 
 @pytest.mark.parametrize(("channels", "cut"), [(1, 1), (2, 2)])
-def test_a_wav_file_whose_data_ends_before_its_header_says_is_refused_by_name(tmp_path: Path, channels: int, cut: int) -> None:
+def test_a_wav_file_whose_data_ends_before_its_header_says_is_refused_by_name(tmp_path: Path, channels: int,
+                                                                             cut: int) -> None:
     pytest.importorskip("transmodal_audio")
     from transmodal_audio.wav import read_wav
 
