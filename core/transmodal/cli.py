@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         _plain_plugin_warnings()
         try:
             args = _parser().parse_args(argv)
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
+            sys.stdout.flush()  # within reach of the handler below: at exit, a reader gone would print a traceback
+            return status
         except ConfigError as error:
             _ignore_sigterm()
             return _report(error, EXIT_USAGE, args)
